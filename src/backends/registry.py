@@ -1,0 +1,263 @@
+"""Which backends exist, which this machine has, and which one to use.
+
+Selection, in this order (see :func:`choose_backend`):
+
+1. an explicit name passed by the program;
+2. the ``POLLCHAT_BACKEND`` environment variable;
+3. the legacy ``use_poll=True`` hint of ``asyncore.loop()``, meaning ``poll``;
+4. ``auto``: the best this platform has (:func:`pick_best`).
+
+An unknown or unavailable name is an error naming the valid choices; there is
+no silent fallback except under ``auto``.
+
+Third parties add backends with :func:`register_backend`, or with an entry
+point in the group ``pollchat.backends`` whose object is a backend class (or
+any callable returning a :class:`~pollchat.backends.Backend`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import sys
+import threading
+from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+from . import pollers
+from ._base import Backend, UnknownBackendError
+
+ENV_VAR = "POLLCHAT_BACKEND"
+ENTRY_POINT_GROUP = "pollchat.backends"
+AUTO = "auto"
+
+#: Most scalable first: kernel-side registries, then the O(n) pollers.
+PREFERENCE = ("epoll", "kqueue", "devpoll", "poll", "select")
+
+BackendFactory = Callable[[], Backend]
+
+logger = logging.getLogger("pollchat.backends")
+
+
+class BackendInfo(NamedTuple):
+    """What :func:`backend_status` says of one backend."""
+
+    name: str
+    available: bool
+    reason: str  # why it is not available, or where it comes from
+
+
+class _Entry(NamedTuple):
+    factory: BackendFactory
+    available: Callable[[], bool]
+    missing: str  # said when not available
+
+
+def _defined_later(class_name: str) -> BackendFactory:
+    # PollBackend and EpollBackend exist only where the kernel has them.
+    def factory() -> Backend:
+        return getattr(pollers, class_name)()
+    return factory
+
+
+def _has(attribute: str) -> Callable[[], bool]:
+    # Looked up at call time so that a stand-in patched into `select` counts.
+    return lambda: hasattr(select, attribute)
+
+
+_registry: Dict[str, _Entry] = {
+    "epoll": _Entry(_defined_later("EpollBackend"), _has("epoll"),
+                    "select.epoll is missing: epoll is Linux only"),
+    "kqueue": _Entry(pollers.KqueueBackend, _has("kqueue"),
+                     "select.kqueue is missing: kqueue is BSD/macOS only"),
+    "devpoll": _Entry(pollers.DevpollBackend, _has("devpoll"),
+                      "select.devpoll is missing: /dev/poll is Solaris/illumos only"),
+    "poll": _Entry(_defined_later("PollBackend"), _has("poll"),
+                   "select.poll is missing on this platform"),
+    "select": _Entry(pollers.SelectBackend, lambda: True, ""),
+}
+_lock = threading.Lock()
+_entry_points_loaded = False
+
+
+def register_backend(name: str, factory: BackendFactory, *,
+                     available: Union[bool, Callable[[], bool]] = True,
+                     replace: bool = False) -> None:
+    """Add a backend under ``name``.
+
+    Args:
+        name: the name users select it by (lower case, no spaces).
+        factory: a zero-argument callable returning a new :class:`Backend`.
+        available: whether this machine has it (or a callable that says).
+        replace: allow replacing an existing backend of that name.
+
+    Raises:
+        TypeError: ``factory`` is not callable.
+        ValueError: bad name, or the name is taken and ``replace`` is false.
+    """
+    if not isinstance(name, str) or not name or not name.isidentifier() or name == AUTO:
+        raise ValueError(f"backend name must be a non-empty identifier other than "
+                         f"{AUTO!r}, not {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory must be callable (a Backend class or function), "
+                        f"not {factory!r}")
+    check = available if callable(available) else (lambda: bool(available))
+    with _lock:
+        if name in _registry and not replace:
+            raise ValueError(f"a backend named {name!r} is already registered; "
+                             "pass replace=True to replace it")
+        _registry[name] = _Entry(factory, check, f"{name} reports it is not available here")
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib import metadata
+
+    if sys.version_info >= (3, 10):
+        found = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    else:  # 3.9: a dict of groups
+        found = metadata.entry_points().get(ENTRY_POINT_GROUP, ())
+    for ep in found:
+        if ep.name in _registry:
+            continue  # never let an installed package shadow a built-in
+        try:
+            register_backend(ep.name, ep.load())
+        except Exception:  # a broken plug-in must not break pollchat
+            logger.exception("cannot load backend entry point %r", ep.name)
+
+
+def _ordered_names() -> List[str]:
+    _load_entry_points()
+    with _lock:
+        names = list(_registry)
+    return [n for n in PREFERENCE if n in names] + sorted(n for n in names if n not in PREFERENCE)
+
+
+def _is_available(name: str) -> bool:
+    entry = _registry.get(name)
+    return entry is not None and entry.available()
+
+
+def available_backends() -> List[str]:
+    """Names of the backends this machine has, most scalable first."""
+    return [name for name in _ordered_names() if _is_available(name)]
+
+
+def all_backends() -> List[str]:
+    """Every registered name, available or not, most scalable first."""
+    return _ordered_names()
+
+
+def backend_status() -> List[BackendInfo]:
+    """Every backend with whether it is available and, if not, why."""
+    status = []
+    for name in _ordered_names():
+        entry = _registry[name]
+        ok = entry.available()
+        status.append(BackendInfo(name, ok, "" if ok else entry.missing))
+    return status
+
+
+def pick_best(available: Iterable[str]) -> str:
+    """The best of ``available`` names: the first in :data:`PREFERENCE`,
+    else the first third-party one.  A pure function.
+
+    Raises:
+        UnknownBackendError: ``available`` is empty.
+    """
+    names = list(available)
+    for name in PREFERENCE:
+        if name in names:
+            return name
+    if names:
+        return names[0]
+    raise UnknownBackendError("no poller backend is available on this platform")
+
+
+def best_backend() -> str:
+    """The name ``auto`` picks on this machine."""
+    return pick_best(available_backends())
+
+
+def _unknown(name: str, origin: str) -> UnknownBackendError:
+    choices = ", ".join(available_backends() + [AUTO])
+    status = {info.name: info for info in backend_status()}
+    if name in status:
+        what = f"backend {name!r} ({origin}) is not available here: {status[name].reason}"
+    else:
+        what = f"unknown backend {name!r} ({origin})"
+    return UnknownBackendError(f"{what}; choose one of: {choices}")
+
+
+def get_backend(name: str) -> BackendFactory:
+    """The factory (usually the class) of the backend called ``name``.
+
+    Raises:
+        UnknownBackendError: no such backend, or not available here.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a str, not {type(name).__name__}")
+    name = name.strip().lower()
+    if name == AUTO:
+        name = best_backend()
+    if not _is_available(name):
+        raise _unknown(name, "requested")
+    return _registry[name].factory
+
+
+def choose_backend(name: Optional[str] = None, *, use_poll: bool = False,
+                   environ: Optional[Mapping[str, str]] = None) -> str:
+    """Resolve the backend name by pollchat's precedence (module docstring).
+
+    Returns a concrete, available name (never ``'auto'``).
+
+    Raises:
+        UnknownBackendError: the name that decides is unknown or unavailable.
+    """
+    if environ is None:
+        environ = os.environ
+    if name is not None:
+        origin = "requested"
+    elif environ.get(ENV_VAR, "").strip():
+        name, origin = environ[ENV_VAR], f"from ${ENV_VAR}"
+    elif use_poll:
+        name, origin = "poll", "from use_poll=True"
+    else:
+        name, origin = AUTO, "default"
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a str, not {type(name).__name__}")
+    name = name.strip().lower()
+    if name == AUTO:
+        return best_backend()
+    if not _is_available(name):
+        raise _unknown(name, origin)
+    return name
+
+
+def make_backend(name: Union[str, Backend, None] = None, *, use_poll: bool = False,
+                 environ: Optional[Mapping[str, str]] = None) -> Backend:
+    """Create a backend chosen by :func:`choose_backend` (an instance passes through)."""
+    if isinstance(name, Backend):
+        return name
+    factory = _registry[choose_backend(name, use_poll=use_poll, environ=environ)].factory
+    return factory()
+
+
+def fd_limits() -> Tuple[Optional[int], Optional[int]]:
+    """This process's (soft, hard) ``RLIMIT_NOFILE``; ``(None, None)`` if unknown.
+    ``None`` inside the pair means unlimited."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None, None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    inf = resource.RLIM_INFINITY
+    return (None if soft == inf else soft), (None if hard == inf else hard)
+
+
+def environ_backend() -> Optional[str]:
+    """The raw value of ``POLLCHAT_BACKEND`` (``None`` when unset or empty)."""
+    return os.environ.get(ENV_VAR, "").strip() or None
