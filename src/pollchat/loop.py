@@ -260,19 +260,19 @@ class Loop:
         ``timeout`` seconds for events (less if a timer is due sooner), then
         dispatch the events, the due timers and the queued callbacks.
 
-        With an empty map and nothing scheduled it returns at once, as
-        CPython's ``poll()`` did.
+        With an empty map and nothing scheduled it returns without waiting,
+        as CPython's ``poll()`` did.
 
         Raises:
             RuntimeError: the loop is closed, or running in another thread.
         """
-        if not self.map and not self.timers and not self._callbacks:
-            return
         self._enter()
         try:
             if self._generation != _fork_generation:
                 self._renew_after_fork()
             self._sync_interest()
+            if not self.map and not self.timers and not self._callbacks:
+                return
             if self._callbacks:
                 timeout = 0.0
             elif self.timers:

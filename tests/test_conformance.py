@@ -1,0 +1,44 @@
+"""CPython 3.11's own test_asyncore.py and test_asynchat.py, run against
+pollchat on every backend, in a subprocess each (they use the default map and
+module state).  On Python 3.12+ the files are read from the pyenv 3.11
+installation, never copied here."""
+
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformance_runner.py")
+
+
+def _cpython311_test_dir():
+    here = os.path.join(os.path.dirname(os.__file__), "test")
+    if sys.version_info[:2] == (3, 11) and os.path.exists(os.path.join(here, "test_asyncore.py")):
+        return here
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    found = sorted(glob.glob(os.path.join(root, "versions", "3.11*", "lib", "python3.11", "test")))
+    return found[-1] if found else None
+
+
+TEST_DIR = _cpython311_test_dir()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("suite", ["test_asyncore.py", "test_asynchat.py"])
+def test_cpython_suite_passes(suite, backend_name, standin):
+    if TEST_DIR is None or not os.path.exists(os.path.join(TEST_DIR, suite)):
+        pytest.skip(f"CPython 3.11's {suite} is not installed (looked in the running "
+                    "Python and under $PYENV_ROOT/versions/3.11*)")
+    env = dict(os.environ, POLLCHAT_BACKEND=backend_name, PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, RUNNER, os.path.join(TEST_DIR, suite)]
+    if standin:
+        cmd += ["--standin", backend_name]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
+    tail = proc.stderr[-4000:]
+    assert proc.returncode == 0, f"{suite} failed on {backend_name}:\n{tail}"
+    assert f"conformance backend: {backend_name}" in proc.stderr
+    ran = re.search(r"Ran (\d+) tests?", proc.stderr)
+    assert ran and int(ran.group(1)) >= 10, tail

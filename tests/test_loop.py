@@ -1,0 +1,597 @@
+"""The dispatcher core: persistent registration, interest tracking, maps,
+races, timers, wake-up, several loops.  Every test runs on every backend."""
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+import pollchat
+from pollchat import asyncore
+from pollchat.backends import READ, WRITE
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class CountingBackend:
+    """Wraps a real backend and counts the calls the loop makes."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = {"register": 0, "modify": 0, "unregister": 0, "poll": 0}
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if name in self.calls:
+            def counted(*args, **kwargs):
+                self.calls[name] += 1
+                return attr(*args, **kwargs)
+            return counted
+        return attr
+
+    def reset(self):
+        for key in self.calls:
+            self.calls[key] = 0
+
+
+@pytest.fixture
+def loop(backend_name):
+    lp = pollchat.Loop(backend_name)
+    yield lp
+    asyncore.close_all(lp.map)
+    lp.close()
+
+
+def spy(lp):
+    counting = CountingBackend(lp.backend)
+    lp.backend = counting
+    return counting
+
+
+def run_until(lp, predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        lp.run_once(0.01)
+
+
+class Echo(asyncore.dispatcher_with_send):
+    def handle_read(self):
+        data = self.recv(4096)
+        if data:
+            self.send(data)
+
+
+class Listener(asyncore.dispatcher):
+    def __init__(self, map, handler=Echo):
+        super().__init__(map=map)
+        self.handler = handler
+        self.accepted = []
+        self.create_socket()
+        self.set_reuse_addr()
+        self.bind(("127.0.0.1", 0))
+        self.listen(128)
+        self.port = self.socket.getsockname()[1]
+
+    def handle_accepted(self, sock, addr):
+        self.accepted.append(self.handler(sock, map=self._map))
+
+
+class Predicates(asyncore.dispatcher):
+    """Counts how often the loop asks; overrides nothing."""
+
+    asked = 0
+
+    def readable(self):
+        Predicates.asked += 1
+        return True
+
+
+def test_idle_channels_cost_no_backend_calls_and_no_predicates(loop):
+    server = Listener(loop.map)
+    clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
+    run_until(loop, lambda: len(server.accepted) == 20)
+    loop.run_once(0)  # settle the interest of the new channels
+    counting = spy(loop)
+
+    asked = []
+    for channel in server.accepted:
+        channel.readable = None  # would raise if the loop called it
+        del channel.readable
+    original = Echo.writable
+
+    def tracking_writable(self):
+        asked.append(self)
+        return original(self)
+
+    pollchat.managed_interest(tracking_writable)
+    Echo.writable = tracking_writable
+    try:
+        for _ in range(50):
+            loop.run_once(0)
+    finally:
+        Echo.writable = original
+    assert counting.calls["poll"] == 50
+    assert counting.calls["register"] == counting.calls["modify"] == 0
+    assert counting.calls["unregister"] == 0
+    assert asked == []
+    for c in clients:
+        c.close()
+
+
+def test_echo_round_trip_updates_interest_once_per_change(loop):
+    server = Listener(loop.map)
+    client = socket.create_connection(("127.0.0.1", server.port))
+    run_until(loop, lambda: server.accepted)
+    loop.run_once(0)
+    counting = spy(loop)
+    client.sendall(b"ping")
+    client.settimeout(5)
+    run_until(loop, lambda: not server.accepted[0].out_buffer and counting.calls["poll"] > 1)
+    assert client.recv(10) == b"ping"
+    # Data went out in the read handler itself: the channel never needed
+    # WRITE interest, so no modify() call at all.
+    assert counting.calls["modify"] == 0
+    client.close()
+
+
+def test_overriding_channel_is_asked_each_pass_and_backend_told_on_change(loop):
+    a, b = socket.socketpair()
+
+    class Gate(asyncore.dispatcher):
+        open = False
+        asked = 0
+
+        def readable(self):
+            Gate.asked += 1
+            return self.open
+
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            self.got = self.recv(10)
+
+    gate = Gate(a, map=loop.map)
+    loop.run_once(0)
+    counting = spy(loop)
+    Gate.asked = 0
+    b.send(b"x")
+    for _ in range(5):
+        loop.run_once(0)
+    assert Gate.asked == 5
+    assert counting.calls["register"] == 0  # not readable: not registered
+    assert not hasattr(gate, "got")
+    gate.open = True
+    run_until(loop, lambda: hasattr(gate, "got"))
+    assert gate.got == b"x"
+    assert counting.calls["register"] == 1
+    gate.close()
+    b.close()
+
+
+def test_strict_mode_asks_every_channel(backend_name):
+    lp = pollchat.Loop(backend_name, strict=True)
+    try:
+        a, b = socket.socketpair()
+        ch = asyncore.dispatcher_with_send(a, map=lp.map)
+        lp.run_once(0)
+        ch.out_buffer = b"raw"  # legacy code writing state directly
+        b.settimeout(5)
+        run_until(lp, lambda: not ch.out_buffer)
+        assert b.recv(10) == b"raw"
+        b.close()
+    finally:
+        asyncore.close_all(lp.map)
+        lp.close()
+
+
+def test_direct_map_mutation_is_noticed(loop):
+    a, b = socket.socketpair()
+    ch = asyncore.dispatcher(a, map=loop.map)
+    loop.run_once(0)
+    assert loop.statistics()["registered"] == 1
+    del loop.map[ch._fileno]  # behind the loop's back, as CPython's tests do
+    b.send(b"x")
+    loop.run_once(0)
+    assert loop.statistics()["registered"] == 0
+    loop.map[a.fileno()] = ch  # and back, raw
+    loop.run_once(0)
+    assert loop.statistics()["registered"] == 1
+    loop.map.clear()
+    loop.run_once(0)
+    assert loop.statistics()["registered"] == 0
+    a.close()
+    b.close()
+
+
+def test_fd_reused_in_the_same_pass_gets_no_stale_events(loop):
+    """bpo-30931: channel A's handler closes channel B and a new channel C
+    takes B's fd in the same pass; B's pending event must not reach C."""
+    pairs = [socket.socketpair() for _ in range(2)]
+    log = []
+
+    class Closer(asyncore.dispatcher):
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            self.recv(10)
+            victim = other[0]
+            fd = victim._fileno
+            victim.close()
+            c_sock, c_peer = socket.socketpair()
+            keep.append(c_peer)
+            if c_sock.fileno() != fd:  # make sure C really reuses B's fd
+                os.dup2(c_sock.fileno(), fd)
+                c_sock.close()
+                c_sock = socket.socket(fileno=fd)
+            other.append(Victim(c_sock, map=loop.map, name="C"))
+
+    class Victim(asyncore.dispatcher):
+        def __init__(self, sock, map, name):
+            super().__init__(sock, map=map)
+            self.name = name
+
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            log.append(self.name)
+            self.recv(10)
+
+    keep = []
+    closer = Closer(pairs[0][0], map=loop.map)
+    other = [Victim(pairs[1][0], map=loop.map, name="B")]
+    loop.run_once(0)
+    # Both readable in the same pass; the closer's fd is lower, so it is
+    # dispatched first on every backend (select and poll report in fd order).
+    assert closer._fileno < other[0]._fileno
+    pairs[0][1].send(b"a")
+    pairs[1][1].send(b"b")
+    loop.run_once(0.5)
+    assert log == []  # B was closed before its event; C must not get it
+    loop.run_once(0)  # C is registered now, but has no data: nothing either
+    assert log == []
+    for s in keep + [pairs[0][1], pairs[1][1]]:
+        s.close()
+
+
+def test_handle_close_runs_once_per_pass(loop):
+    """bpo-30985: a read handler that closes the channel, on an event set
+    that also carries HUP, must not see handle_close() twice."""
+    a, b = socket.socketpair()
+    closes = []
+
+    class Once(asyncore.dispatcher):
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            self.recv(10)
+            self.close()
+
+        def handle_close(self):
+            closes.append(1)
+            self.close()
+
+    Once(a, map=loop.map)
+    loop.run_once(0)
+    b.send(b"x")
+    b.close()  # READ (+HUP where the backend reports it) in one event set
+    loop.run_once(0.5)
+    assert closes == []  # read closed it; nothing after that
+    assert not loop.map
+
+
+def test_peer_close_reaches_handle_close(loop):
+    a, b = socket.socketpair()
+    closed = []
+
+    class Reader(asyncore.dispatcher):
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            self.recv(10)
+
+        def handle_close(self):
+            closed.append(True)
+            self.close()
+
+    Reader(a, map=loop.map)
+    b.close()
+    run_until(loop, lambda: closed)
+    assert closed == [True]
+
+
+def test_out_of_band_data_reaches_handle_expt(loop):
+    if not loop.backend.reports & 4:  # PRI
+        pytest.skip(f"{loop.backend.name} cannot report priority data (see README table)")
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    conn, _ = server.accept()
+    got = []
+
+    class Expt(asyncore.dispatcher):
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            self.recv(10)
+
+        def handle_expt(self):
+            got.append(self.socket.recv(1, socket.MSG_OOB))
+
+    Expt(conn, map=loop.map)
+    loop.run_once(0)
+    client.send(b"!", socket.MSG_OOB)
+    run_until(loop, lambda: got)
+    assert got == [b"!"]
+    for s in (client, server):
+        s.close()
+
+
+def test_connect_refused_goes_to_handle_error(loop):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    errors = []
+
+    class Client(asyncore.dispatcher):
+        def handle_connect(self):
+            errors.append("connected?!")
+
+        def handle_error(self):
+            import sys
+
+            errors.append(sys.exc_info()[1])
+            self.close()
+
+    c = Client(map=loop.map)
+    c.create_socket()
+    try:
+        c.connect(("127.0.0.1", port))
+    except OSError as exc:  # refused at once: also acceptable
+        errors.append(exc)
+    run_until(loop, lambda: errors or not loop.map)
+    assert errors and isinstance(errors[0], OSError)
+
+
+def test_timers_run_in_order_and_shrink_the_poll_timeout(loop):
+    a, b = socket.socketpair()
+    asyncore.dispatcher(a, map=loop.map).writable = lambda: False
+    fired = []
+    loop.call_later(0.05, fired.append, 2)
+    loop.call_later(0.01, fired.append, 1)
+    cancelled = loop.call_later(0.02, fired.append, "cancelled")
+    cancelled.cancel()
+    start = time.monotonic()
+    while len(fired) < 2:
+        loop.run_once(30.0)  # would block 30 s without the timers
+        assert time.monotonic() - start < 5
+    assert fired == [1, 2]
+    assert loop.time() >= start
+    b.close()
+
+
+def test_run_returns_when_map_empty_and_timers_done(loop):
+    fired = []
+    loop.call_later(0.01, fired.append, "x")
+    loop.run(timeout=30.0)
+    assert fired == ["x"]
+
+
+def test_timer_exception_is_logged_not_raised(loop, caplog):
+    def boom():
+        raise RuntimeError("boom")
+
+    loop.call_later(0, boom)
+    ok = []
+    loop.call_later(0, ok.append, 1)
+    loop.run(timeout=1)
+    assert ok == [1]
+    assert "boom" in caplog.text
+
+
+def test_call_soon_threadsafe_wakes_a_blocked_loop(loop):
+    a, b = socket.socketpair()
+    ch = asyncore.dispatcher(a, map=loop.map)
+    ch.writable = lambda: False
+    loop.run_once(0)
+    done = []
+
+    def later():
+        time.sleep(0.1)
+        loop.call_soon_threadsafe(lambda: done.append(threading.get_ident()))
+
+    t = threading.Thread(target=later)
+    t.start()
+    start = time.monotonic()
+    loop.run_once(None)  # no timeout: only the wake-up can end this pass
+    t.join()
+    assert time.monotonic() - start < 5
+    assert done == [threading.get_ident()]  # ran in the loop's thread, in that pass
+    b.close()
+
+
+def test_loop_refuses_a_second_thread(loop):
+    a, b = socket.socketpair()
+    asyncore.dispatcher(a, map=loop.map).writable = lambda: False
+    inside = threading.Event()
+    release = threading.Event()
+    errors = []
+
+    class Blocker(asyncore.dispatcher):
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            self.recv(1)
+            inside.set()
+            release.wait(5)
+
+    c, d = socket.socketpair()
+    Blocker(c, map=loop.map)
+    d.send(b"x")
+    t = threading.Thread(target=loop.run_once, args=(1.0,))
+    t.start()
+    assert inside.wait(5)
+    try:
+        loop.run_once(0)
+    except RuntimeError as exc:
+        errors.append(str(exc))
+    release.set()
+    t.join()
+    assert errors and "another thread" in errors[0]
+    for s in (b, d):
+        s.close()
+
+
+def test_several_loops_each_on_its_own_backend(backend_name):
+    loops = [pollchat.Loop(backend_name), pollchat.Loop("select")]
+    try:
+        assert loops[0].backend is not loops[1].backend
+        listeners = [Listener(lp.map) for lp in loops]
+        clients = [socket.create_connection(("127.0.0.1", s.port)) for s in listeners]
+        for c in clients:
+            c.sendall(b"hello")
+            c.settimeout(5)
+        deadline = time.monotonic() + 5
+        got = [b"", b""]
+        for c in clients:
+            c.setblocking(False)
+        while got != [b"hello", b"hello"] and time.monotonic() < deadline:
+            for lp in loops:
+                lp.run_once(0.01)
+            for i, c in enumerate(clients):
+                try:
+                    got[i] += c.recv(10)
+                except BlockingIOError:
+                    pass
+        assert got == [b"hello", b"hello"]
+        assert [lp.backend.name for lp in loops] == [backend_name, "select"]
+        for c in clients:
+            c.close()
+    finally:
+        for lp in loops:
+            asyncore.close_all(lp.map)
+            lp.close()
+
+
+def test_one_map_one_loop():
+    m = {}
+    lp = pollchat.Loop(map=m)
+    try:
+        with pytest.raises(ValueError, match="already has a loop"):
+            pollchat.Loop(map=m)
+        assert pollchat.get_loop(m) is lp
+    finally:
+        lp.close()
+
+
+def test_module_loop_uses_env_backend(monkeypatch, backend_name):
+    monkeypatch.setenv("POLLCHAT_BACKEND", backend_name)
+    m = {}
+    a, b = socket.socketpair()
+    got = []
+
+    class Reader(asyncore.dispatcher):
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            got.append(self.recv(10))
+            lp = pollchat.get_loop(m)
+            got.append(lp.backend.name)
+            self.close()
+
+    Reader(a, map=m)
+    b.send(b"x")
+    asyncore.loop(timeout=0.01, map=m, count=100)
+    assert got == [b"x", backend_name]
+    assert pollchat.loop.loop_for_map(m) is None  # released once the map emptied
+    b.close()
+
+
+def test_select_backend_refuses_fds_past_fd_setsize_with_a_clear_error(caplog):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip(f"the hard fd limit ({hard}) is too low to reach fd 1024")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100) if hard ==
+                       resource.RLIM_INFINITY else hard, hard))
+    lp = pollchat.Loop("select")
+    a, b = socket.socketpair()
+    high = os.dup2(a.fileno(), 1050)
+    try:
+        closed = []
+
+        class High(asyncore.dispatcher):
+            def handle_close(self):
+                closed.append(True)
+                self.close()
+
+        High(socket.socket(fileno=high), map=lp.map)
+        lp.run_once(0)
+        assert closed == [True]
+        assert "FD_SETSIZE" in caplog.text and "epoll" in caplog.text
+    finally:
+        a.close()
+        b.close()
+        asyncore.close_all(lp.map)
+        lp.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_gets_fresh_kernel_objects(loop):
+    a, b = socket.socketpair()
+    asyncore.dispatcher(a, map=loop.map).writable = lambda: False
+    loop.run_once(0)
+    parent_backend = loop.backend
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            ch = next(iter(loop.map.values()))
+            ch.handle_read = lambda: ch.recv(10)
+            loop.run_once(0)
+            ok = loop.backend is not parent_backend and loop.statistics()["registered"] == 1
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(r, 1) == b"1"
+    os.close(r)
+    assert loop.backend is parent_backend
+    b.close()
+
+
+def test_interest_sync_happens_for_push_from_a_timer(loop):
+    a, b = socket.socketpair()
+    ch = asyncore.dispatcher_with_send(a, map=loop.map)
+    ch.handle_read = lambda: None
+    loop.run_once(0)
+    assert loop._masks[ch._fileno] & WRITE == 0 and loop._masks[ch._fileno] & READ
+    big = b"x" * (4 << 20)  # more than the socket takes at once
+
+    loop.call_later(0, ch.send, big)
+    b.setblocking(False)
+    received = bytearray()
+
+    def drained():
+        try:
+            received.extend(b.recv(1 << 20))
+        except BlockingIOError:
+            pass
+        return len(received) == len(big)
+
+    run_until(loop, drained, timeout=10)
+    assert bytes(received) == big
+    b.close()
