@@ -34,6 +34,7 @@ def main() -> int:
         getattr(standins, f"install_{args.standin}")(patcher)
 
     import pollchat.asynchat
+
     import pollchat.asyncore
 
     sys.modules["asyncore"] = pollchat.asyncore

@@ -36,7 +36,7 @@ def test_cpython_suite_passes(suite, backend_name, standin):
     cmd = [sys.executable, RUNNER, os.path.join(TEST_DIR, suite)]
     if standin:
         cmd += ["--standin", backend_name]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280, check=False)
     tail = proc.stderr[-4000:]
     assert proc.returncode == 0, f"{suite} failed on {backend_name}:\n{tail}"
     assert f"conformance backend: {backend_name}" in proc.stderr

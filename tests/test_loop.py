@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
+from pollchat.backends import READ, WRITE
 
 import pollchat
 from pollchat import asyncore
-from pollchat.backends import READ, WRITE
 
 pytestmark = pytest.mark.timeout(30)
 
