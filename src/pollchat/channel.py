@@ -9,6 +9,7 @@ channel on every pass.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -21,6 +22,10 @@ from errno import (
     EINPROGRESS,
     EINVAL,
     EISCONN,
+    EMFILE,
+    ENFILE,
+    ENOBUFS,
+    ENOMEM,
     ENOTCONN,
     EWOULDBLOCK,
     errorcode,
@@ -40,6 +45,13 @@ _LEGACY_MODULES = {"pollchat.channel": "asyncore", "pollchat.asyncore": "asyncor
                    "pollchat.chat": "asynchat", "pollchat.asynchat": "asynchat"}
 
 _loops_get = _loop._loops.get
+
+logger = logging.getLogger("pollchat")
+
+# accept() failures that mean "out of resources for now", not "this listener
+# is broken": back off instead of closing the listener (asyncio and gevent do
+# the same).  CPython's asyncore sent them to handle_error(), which closed it.
+_ACCEPT_RESOURCE_ERRNOS = frozenset({EMFILE, ENFILE, ENOBUFS, ENOMEM})
 
 
 def strerror(err: int) -> str:
@@ -86,12 +98,22 @@ class dispatcher:
     closing = False
     addr = None
     ignore_log_types = frozenset({"warning"})
+    #: Seconds without any event after which ``handle_timeout()`` runs
+    #: (``None``: never).  Read when the channel joins a loop's map; change
+    #: it later with :meth:`set_idle_timeout`.
+    idle_timeout: Optional[float] = None
+    #: Seconds a listener stops accepting after ``accept()`` failed for lack
+    #: of resources (``EMFILE``, ``ENFILE``, ``ENOBUFS``, ``ENOMEM``).  ``None``
+    #: restores CPython's behaviour: the error goes to ``handle_error()``.
+    accept_backoff: Optional[float] = 0.25
+    _accept_failing = False
 
     def __init__(self, sock: Optional[socket.socket] = None,
                  map: Optional[Dict[Any, Any]] = None) -> None:
         self._map = _loop.get_socket_map() if map is None else map
         self._fileno = None
         if sock:
+            _check_open(sock)
             # Non-blocking before anything else can touch it.
             sock.setblocking(False)
             self.set_socket(sock, map)
@@ -151,7 +173,9 @@ class dispatcher:
         fd = self._fileno
         if map is None:
             map = self._map
-        if fd in map:
+        # Only our own entry: after an fd was closed behind our back and
+        # reused, map[fd] belongs to another channel.
+        if map.get(fd) is self:
             del map[fd]
             loop = _loops_get(id(map))
             if loop is not None:
@@ -177,7 +201,12 @@ class dispatcher:
         self.set_socket(sock)
 
     def set_socket(self, sock: Any, map: Optional[Dict[Any, Any]] = None) -> None:
-        """Adopt ``sock`` and add this channel to ``map``."""
+        """Adopt ``sock`` and add this channel to ``map``.
+
+        Raises:
+            ValueError: ``sock`` is closed.
+        """
+        _check_open(sock)
         self.socket = sock
         self._fileno = sock.fileno()
         self.add_channel(map)
@@ -246,8 +275,59 @@ class dispatcher:
         except OSError as why:
             if why.errno in (EWOULDBLOCK, ECONNABORTED, EAGAIN):
                 return None
+            if why.errno in _ACCEPT_RESOURCE_ERRNOS and self.accept_backoff is not None:
+                self._back_off_accepting(why)
+                return None
             raise
+        if self._accept_failing:
+            self._accept_failing = False
+            logger.warning("%r accepts connections again", self)
         return conn, addr
+
+    def _back_off_accepting(self, why: OSError) -> None:
+        # Level-triggered pollers would report the pending connection again
+        # at once: a busy loop.  Stop watching the listener for a while.
+        if not self._accept_failing:
+            self._accept_failing = True
+            logger.warning("%r cannot accept: %s; pausing accepts, retrying every %gs",
+                           self, why.strerror or why, self.accept_backoff)
+        loop = _loop.get_loop(self._map)
+        fd = self._fileno
+        loop.pause_reading(fd)
+        loop.call_later(self.accept_backoff, self._resume_accepting, fd)
+
+    def _resume_accepting(self, fd: Any) -> None:
+        loop = _loops_get(id(self._map))
+        if loop is not None and self._fileno == fd:
+            loop.resume_reading(fd)
+
+    # -- flow control and timeouts ---------------------------------------------
+
+    def pause_reading(self) -> None:
+        """Stop reading from this channel (writes go on) until
+        :meth:`resume_reading`, whatever ``readable()`` says."""
+        _loop.get_loop(self._map).pause_reading(self._fileno)
+
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading`."""
+        loop = _loops_get(id(self._map))
+        if loop is not None:
+            loop.resume_reading(self._fileno)
+
+    def set_idle_timeout(self, seconds: Optional[float]) -> None:
+        """Run :meth:`handle_timeout` once no event reached this channel for
+        ``seconds`` (``None`` cancels).  The channel must be in its map.
+
+        Raises:
+            TypeError, ValueError: ``seconds`` is not a positive number.
+        """
+        self.idle_timeout = seconds
+        _loop.get_loop(self._map).set_idle_timeout(self, seconds)
+
+    def handle_timeout(self) -> None:
+        """The idle timeout expired: close the channel (override to do more)."""
+        logger.info("%r idle for %ss: closing it", self, self.idle_timeout)
+        self.close()
 
     def send(self, data: Any) -> int:
         """Send what the socket takes now; the count sent (0 if it would block
@@ -404,6 +484,12 @@ class dispatcher_with_send(dispatcher):
         self.out_buffer = self.out_buffer + data
         self._interest_changed()
         self.initiate_send()
+
+
+def _check_open(sock: Any) -> None:
+    if isinstance(sock, socket.socket) and sock.fileno() < 0:
+        raise ValueError(f"cannot use {sock!r}: the socket is closed; "
+                         "give the dispatcher an open socket")
 
 
 def close_all(map: Optional[Dict[Any, Any]] = None, ignore_all: bool = False) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from .backends import CLOSE_EVENTS, PRI, READ, WRITE
 
-__all__ = ["DISCONNECTED", "ExitNow", "REraised", "dispatch", "read", "write", "exception"]
+__all__ = ["DISCONNECTED", "ExitNow", "REraised", "call_handler", "dispatch", "read", "write", "exception"]
 
 #: errnos that mean the connection is gone: the channel is closed, no traceback.
 DISCONNECTED = frozenset({errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN,
@@ -38,7 +38,9 @@ class ExitNow(Exception):
 REraised = (ExitNow, KeyboardInterrupt, SystemExit)
 
 
-def _call(obj: Any, method: str) -> None:
+def call_handler(obj: Any, method: str) -> None:
+    """Call ``obj.<method>()``; an exception goes to ``obj.handle_error()``,
+    except the ones that must stop the loop (:data:`REraised`)."""
     try:
         getattr(obj, method)()
     except REraised:
@@ -49,17 +51,17 @@ def _call(obj: Any, method: str) -> None:
 
 def read(obj: Any) -> None:
     """Call ``obj.handle_read_event()``; errors to ``obj.handle_error()``."""
-    _call(obj, "handle_read_event")
+    call_handler(obj, "handle_read_event")
 
 
 def write(obj: Any) -> None:
     """Call ``obj.handle_write_event()``; errors to ``obj.handle_error()``."""
-    _call(obj, "handle_write_event")
+    call_handler(obj, "handle_write_event")
 
 
 def exception(obj: Any) -> None:
     """Call ``obj.handle_expt_event()``; errors to ``obj.handle_error()``."""
-    _call(obj, "handle_expt_event")
+    call_handler(obj, "handle_expt_event")
 
 
 def dispatch(obj: Any, events: int, fd: Any = None, map: Optional[dict] = None) -> None:

@@ -41,7 +41,7 @@ import threading
 from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, Union
 
 from .backends import NVAL, PRI, READ, WRITE, Backend, make_backend
-from .dispatch import REraised, dispatch
+from .dispatch import REraised, call_handler, dispatch
 from .timers import TimerHandle, TimerQueue
 from .wakeup import Waker
 
@@ -182,6 +182,8 @@ class Loop:
         self._masks: Dict[Any, int] = {}  # fd -> the mask registered for it
         self._dirty: Set[Any] = set(map)  # fds to re-sync before the next poll
         self._polled: Set[Any] = set()  # fds whose channel is asked every pass
+        self._reading_paused: Set[Any] = set()  # fds whose READ interest is withheld
+        self._idle: Dict[Any, _IdleWatch] = {}  # fd -> idle timeout watch
         self._map_len = len(map)
         self._callbacks: Deque[Tuple[Callable[..., Any], tuple]] = collections.deque()
         self._callbacks_lock = threading.Lock()
@@ -314,6 +316,9 @@ class Loop:
         """``add_channel()`` put ``channel`` in the map at ``fd``."""
         self._dirty.add(fd)
         self._map_len = len(self.map)
+        timeout = getattr(channel, "idle_timeout", None)
+        if timeout:
+            self.set_idle_timeout(channel, timeout)
 
     def _channel_removed(self, fd: Any, channel: Any) -> None:
         """``del_channel()`` took ``channel`` out of the map.  Unregister now,
@@ -321,6 +326,11 @@ class Loop:
         if self._channels.get(fd) is channel:
             self._unregister(fd)
         self._polled.discard(fd)
+        self._reading_paused.discard(fd)
+        watch = self._idle.get(fd)
+        if watch is not None and watch.channel is channel:
+            del self._idle[fd]
+            watch.timer.cancel()
         self._dirty.add(fd)  # a raw map write may have put another channel there
         self._map_len = len(self.map)
 
@@ -371,6 +381,8 @@ class Loop:
         except Exception:
             self._report(channel, "handle_error")
             return
+        if fd in self._reading_paused:
+            mask &= WRITE
         if mask == self._masks.get(fd, 0):
             return
         try:
@@ -402,6 +414,63 @@ class Loop:
         except (KeyError, ValueError, TypeError):
             pass  # never reached the kernel (bookkeeping only): nothing to undo
 
+    # -- flow control and timeouts -----------------------------------------------
+
+    def pause_reading(self, fd: Any) -> None:
+        """Stop watching ``fd`` for reads (and priority data) until
+        :meth:`resume_reading`; writes are still watched.  For backpressure,
+        and for the accept back-off on ``EMFILE``.  O(1)."""
+        self._reading_paused.add(fd)
+        self._dirty.add(fd)
+
+    def resume_reading(self, fd: Any) -> None:
+        """Undo :meth:`pause_reading`.  O(1); a no-op if not paused."""
+        if fd in self._reading_paused:
+            self._reading_paused.discard(fd)
+            self._dirty.add(fd)
+
+    def reading_paused(self, fd: Any) -> bool:
+        return fd in self._reading_paused
+
+    def set_idle_timeout(self, channel: Any, seconds: Optional[float]) -> None:
+        """Call ``channel.handle_timeout()`` once no event reached it for
+        ``seconds``; ``None`` (or 0) cancels.  Costs one timer per channel,
+        re-armed lazily: activity itself only stores a timestamp.
+
+        Raises:
+            TypeError, ValueError: ``seconds`` is not a positive number.
+            ValueError: the channel is not in this loop's map.
+        """
+        fd = getattr(channel, "_fileno", None)
+        if fd is None or self.map.get(fd) is not channel:
+            raise ValueError(f"{channel!r} is not in this loop's map: add it first")
+        old = self._idle.pop(fd, None)
+        if old is not None:
+            old.timer.cancel()
+        if seconds is None or seconds == 0:
+            return
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"idle timeout must be a number of seconds or None, not {seconds!r}")
+        if not seconds > 0:
+            raise ValueError(f"idle timeout must be positive, not {seconds!r}")
+        watch = _IdleWatch(channel, float(seconds), self.timers.clock())
+        watch.timer = self.call_later(seconds, self._check_idle, fd, watch)
+        self._idle[fd] = watch
+
+    def _check_idle(self, fd: Any, watch: _IdleWatch) -> None:
+        if self._idle.get(fd) is not watch:
+            return  # replaced or cancelled since
+        if self.map.get(fd) is not watch.channel:
+            del self._idle[fd]  # left the map behind our back
+            return
+        remaining = watch.last_active + watch.seconds - self.timers.clock()
+        if remaining > 0:
+            watch.timer = self.call_later(remaining, self._check_idle, fd, watch)
+            return
+        del self._idle[fd]
+        self._dirty.add(fd)
+        self._report(watch.channel, "handle_timeout", via_handle_error=True)
+
     # -- dispatch -------------------------------------------------------------------
 
     def _dispatch(self, events: Any) -> None:
@@ -410,6 +479,8 @@ class Loop:
         map_get = map.get
         dirty_add = self._dirty.add
         deliver = self._deliver
+        idle = self._idle
+        now = self.timers.clock() if idle else 0.0
         for fd, mask in events:
             channel = channels_get(fd)
             if channel is None:
@@ -420,6 +491,8 @@ class Loop:
             if map_get(fd) is not channel:
                 dirty_add(fd)  # the map changed under us: re-sync, don't dispatch
                 continue
+            if idle and fd in idle:
+                idle[fd].last_active = now
             deliver(channel, mask, fd)
             dirty_add(fd)
 
@@ -436,9 +509,14 @@ class Loop:
             logger.exception("error handler of %r raised; closing the channel", channel)
             self._force_close(channel)
 
-    def _report(self, channel: Any, method: str) -> None:
+    def _report(self, channel: Any, method: str, via_handle_error: bool = False) -> None:
+        """Call ``channel.<method>()``; with ``via_handle_error``, its errors go
+        to ``handle_error()`` first, as a handler's would."""
         try:
-            getattr(channel, method)()
+            if via_handle_error:
+                call_handler(channel, method)
+            else:
+                getattr(channel, method)()
         except REraised:
             raise
         except Exception:
@@ -532,9 +610,22 @@ class Loop:
         """Counters for introspection: backend, channels, registrations..."""
         return {"backend": self.backend.name, "channels": len(self.map),
                 "registered": len(self._channels), "polled": len(self._polled),
-                "dirty": len(self._dirty), "timers": len(self.timers), "strict": self.strict}
+                "dirty": len(self._dirty), "timers": len(self.timers), "strict": self.strict,
+                "reading_paused": len(self._reading_paused), "idle_watched": len(self._idle)}
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"channels={len(self.map)}"
         return f"<Loop {self.backend.name} {state} timers={len(self.timers)}>"
 
+
+
+class _IdleWatch:
+    """One channel's idle timeout: when it was last active, and its timer."""
+
+    __slots__ = ("channel", "seconds", "last_active", "timer")
+
+    def __init__(self, channel: Any, seconds: float, now: float) -> None:
+        self.channel = channel
+        self.seconds = seconds
+        self.last_active = now
+        self.timer: Optional[TimerHandle] = None
