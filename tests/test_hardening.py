@@ -218,7 +218,7 @@ def test_without_isolation_a_raising_error_handler_propagates_like_cpython(loop)
             raise ValueError("bug")
 
         def handle_error(self):
-            raise
+            raise  # noqa: PLE0704 - re-raises the handler's exception, as CPython's tests do
 
     Broken(a, map=loop.map)
     b.send(b"x")

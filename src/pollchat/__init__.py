@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ._install import ModuleAlreadyImportedError, install, raise_fd_limit
 from .loop import Loop, get_loop, managed_interest
 from .timers import TimerHandle
 
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = ["Loop", "TimerHandle", "call_at", "call_later", "call_soon_threadsafe",
            "get_loop", "managed_interest", "__version__"]
+__all__ += ["ModuleAlreadyImportedError", "install", "raise_fd_limit"]
 
 
 def call_later(delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:

@@ -23,7 +23,8 @@ from typing import Any, Optional
 
 from .backends import CLOSE_EVENTS, PRI, READ, WRITE
 
-__all__ = ["DISCONNECTED", "ExitNow", "REraised", "call_handler", "dispatch", "read", "write", "exception"]
+__all__ = ["DISCONNECTED", "ExitNow", "REraised", "call_handler", "dispatch", "read", "write",
+           "exception"]
 
 #: errnos that mean the connection is gone: the channel is closed, no traceback.
 DISCONNECTED = frozenset({errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN,
