@@ -229,6 +229,10 @@ class Backend(selectors._BaseSelectorImpl):
     # -- helpers and hooks ----------------------------------------------------
 
     def _checked_fd(self, fileobj) -> int:
+        if not isinstance(fileobj, int) and not hasattr(fileobj, "fileno"):
+            # selectors would say ValueError; it is the wrong type of thing.
+            raise TypeError(f"cannot watch {fileobj!r}: pass an int fd or an object with a "
+                            "fileno() method")
         try:
             return self._fileobj_lookup(fileobj)
         except ValueError:

@@ -102,6 +102,7 @@ def register_backend(name: str, factory: BackendFactory, *,
         raise TypeError(f"factory must be callable (a Backend class or function), "
                         f"not {factory!r}")
     check = available if callable(available) else (lambda: bool(available))
+    name = name.lower()  # selection is case-insensitive
     with _lock:
         if name in _registry and not replace:
             raise ValueError(f"a backend named {name!r} is already registered; "
@@ -121,7 +122,7 @@ def _load_entry_points() -> None:
     else:  # 3.9: a dict of groups
         found = metadata.entry_points().get(ENTRY_POINT_GROUP, ())
     for ep in found:
-        if ep.name in _registry:
+        if ep.name.lower() in _registry:
             continue  # never let an installed package shadow a built-in
         try:
             register_backend(ep.name, ep.load())
@@ -137,6 +138,7 @@ def _ordered_names() -> List[str]:
 
 
 def _is_available(name: str) -> bool:
+    _load_entry_points()
     entry = _registry.get(name)
     return entry is not None and entry.available()
 
@@ -242,8 +244,7 @@ def make_backend(name: Union[str, Backend, None] = None, *, use_poll: bool = Fal
     """Create a backend chosen by :func:`choose_backend` (an instance passes through)."""
     if isinstance(name, Backend):
         return name
-    factory = _registry[choose_backend(name, use_poll=use_poll, environ=environ)].factory
-    return factory()
+    return get_backend(choose_backend(name, use_poll=use_poll, environ=environ))()
 
 
 def fd_limits() -> Tuple[Optional[int], Optional[int]]:
