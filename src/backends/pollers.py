@@ -18,8 +18,8 @@ What each can report, and why not more:
   (``EPERM``); like poll(2), which reports them always ready, the backend
   then reports them ready on every poll.
 * **kqueue** -- ``READ``, ``WRITE``, ``HUP`` (``EV_EOF`` on the write
-  filter), ``ERR`` (``EV_ERROR`` or an ``EV_EOF`` carrying a socket error),
-  ``NVAL`` (``EV_ERROR`` with ``EBADF``).  kqueue has no filter for priority
+  filter), ``ERR`` (``EV_ERROR`` or an ``EV_EOF`` carrying a socket error).
+  Like epoll, it drops a closed fd silently (no ``NVAL``).  kqueue has no filter for priority
   data, so ``PRI`` is accepted as interest but never reported.  ``EV_EOF`` on
   the read filter is a half-close: still data to read, reported as ``READ``
   so nothing buffered is lost (recv() then returns ``b''``).
@@ -52,14 +52,27 @@ from ._base import (
 FD_SETSIZE = 1024
 
 
+# The longest single wait handed to a kernel: poll(2) and epoll take an int
+# of milliseconds (about 24.8 days at most).  A capped wait returns early with
+# no events; callers loop anyway.
+_MAX_WAIT = 2_000_000.0
+
+
 def _ms(timeout: Optional[float]) -> Optional[int]:
     """Seconds to poll(2)'s milliseconds, rounding up so that a short timeout
     waits *at least* that long instead of turning into a busy 0."""
-    if timeout is None:
+    if timeout is None or timeout == math.inf:
         return None
     if timeout <= 0:
         return 0
-    return math.ceil(timeout * 1e3)
+    return math.ceil(min(timeout, _MAX_WAIT) * 1e3)
+
+
+def _seconds(timeout: Optional[float]) -> Optional[float]:
+    """A timeout for select(2)/kqueue: ``None`` blocks, negatives are 0."""
+    if timeout is None or timeout == math.inf:
+        return None
+    return min(max(timeout, 0), _MAX_WAIT)
 
 
 class SelectBackend(Backend, selectors.SelectSelector):
@@ -90,11 +103,9 @@ class SelectBackend(Backend, selectors.SelectSelector):
         self._kernel_modify(fd, events, 0)
 
     def poll(self, timeout: Optional[float] = None) -> EventList:
-        if timeout is not None and timeout < 0:
-            timeout = 0
         try:
             readable, writable, exceptional = select.select(
-                self._readers, self._writers, self._priority, timeout)
+                self._readers, self._writers, self._priority, _seconds(timeout))
         except OSError as exc:
             # One closed fd fails the whole call (EBADF) and select() does
             # not say which: find them, so the caller can drop just those.
@@ -195,21 +206,25 @@ if hasattr(select, "epoll"):
                 super()._kernel_unregister(fd, events)
 
         def poll(self, timeout: Optional[float] = None) -> EventList:
+            timeout = _seconds(timeout)
             if timeout is None:
                 timeout = -1
-            elif timeout < 0:
-                timeout = 0
-            always = self._always_ready
-            if always:
-                timeout = 0
+            live = None
+            if self._always_ready:
+                # A closed file would be "ready" forever: epoll itself drops
+                # closed fds, so drop them too.
+                live = {fd: events & (READ | WRITE)
+                        for fd, events in self._always_ready.items()
+                        if events & (READ | WRITE) and not _is_closed(fd)}
+                if live:
+                    timeout = 0
             flags = self._FLAGS
             # maxevents is left at its default (FD_SETSIZE - 1): a larger
             # buffer would be allocated on every call; with level-triggered
             # epoll, anything left over is reported by the next call.
             ready = [(fd, flags[native]) for fd, native in self._selector.poll(timeout)]
-            if always:
-                ready.extend((fd, events & (READ | WRITE)) for fd, events in always.items()
-                             if events & (READ | WRITE))
+            if live:
+                ready.extend(live.items())
             return ready
 
 
@@ -253,9 +268,10 @@ class KqueueBackend(Backend):
     """
 
     name = "kqueue"
-    reports = READ | WRITE | HUP | ERR | NVAL
+    reports = READ | WRITE | HUP | ERR
     kernel_registry = True
-    limits = "no priority-data filter (PRI never reported); read-side EOF reported as READ"
+    limits = ("no priority-data filter (PRI never reported); a closed fd leaves silently; "
+              "read-side EOF reported as READ")
 
     def __init__(self) -> None:
         super().__init__()
@@ -312,10 +328,8 @@ class KqueueBackend(Backend):
                 self._delete_quietly(fd, kernel_filter)
 
     def poll(self, timeout: Optional[float] = None) -> EventList:
-        if timeout is not None and timeout < 0:
-            timeout = 0
         # With max_ev 0 kqueue would ignore the timeout: ask for at least one.
-        kevents = self._selector.control(None, max(self._filters, 1), timeout)
+        kevents = self._selector.control(None, max(self._filters, 1), _seconds(timeout))
         ready: Dict[int, int] = {}
         read_filter, eof, error = self._read_filter, self._eof, self._error
         for kev in kevents:

@@ -1,0 +1,80 @@
+"""Shared fixtures: every backend, native or through a stand-in.
+
+``backend_name`` runs a test once per backend: each one this machine has
+(:func:`pollchat.backends.available_backends`), plus ``kqueue`` and
+``devpoll`` through the stand-ins of ``standins.py`` where they are not
+native (test ids ``kqueue-standin``, ``devpoll-standin``).  For a stand-in
+the fixture installs it into :mod:`select` for the whole test, so that
+``pollchat.backends.make_backend(backend_name)`` works anywhere inside it.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import psutil
+import pytest
+import standins
+
+from pollchat import backends
+
+#: Backends this machine has, decided once at collection.
+NATIVE_BACKENDS = tuple(backends.available_backends())
+#: Backends tested through a stand-in here.
+STANDIN_BACKENDS = tuple(
+    name for name, usable in (("kqueue", standins.KQUEUE_STANDIN_USABLE),
+                              ("devpoll", standins.DEVPOLL_STANDIN_USABLE))
+    if usable and name not in NATIVE_BACKENDS)
+
+BACKEND_PARAMS = [pytest.param(name, id=name) for name in NATIVE_BACKENDS] + [
+    pytest.param(name, id=f"{name}-standin") for name in STANDIN_BACKENDS]
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def backend_name(request, monkeypatch) -> str:
+    """A backend name usable with ``pollchat.backends.make_backend()`` for the
+    whole test (its stand-in installed if it is not native)."""
+    name = request.param
+    if name in STANDIN_BACKENDS:
+        standins.install_standin(name, monkeypatch)
+    return name
+
+
+@pytest.fixture
+def make_backend(backend_name):
+    """A factory of new backends of ``backend_name``; all closed at teardown."""
+    made = []
+
+    def make():
+        backend = backends.make_backend(backend_name)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+@pytest.fixture
+def backend(make_backend):
+    """One backend of ``backend_name``, closed at teardown."""
+    return make_backend()
+
+
+@pytest.fixture
+def fd_leak_check():
+    """Fail the test if it leaves more (or fewer) fds open than it found."""
+    gc.collect()
+    process = psutil.Process()
+    before = process.num_fds()
+    yield
+    gc.collect()
+    after = process.num_fds()
+    assert after == before, f"the test leaked {after - before} file descriptor(s)"
+
+
+@pytest.fixture
+def standin(backend_name):
+    """True when ``backend_name`` runs on a stand-in here, not natively (for
+    tests that start subprocesses, where the stand-in is not installed)."""
+    return backend_name in STANDIN_BACKENDS
