@@ -1,0 +1,398 @@
+"""A multi-user line chat server on ``async_chat``: pollchat's showcase.
+
+Connect with ``nc 127.0.0.1 7000`` or ``telnet 127.0.0.1 7000``.  Every line
+you type goes to everyone else as ``<nick> line``; lines starting with ``/``
+are commands:
+
+==================  =====================================================
+``/nick NAME``      change your nickname (letters, digits, ``_``, ``-``)
+``/who``            list who is online
+``/quit [MESSAGE]`` leave (the others see the message)
+``/help``           list the commands
+==================  =====================================================
+
+Behaviour worth knowing:
+
+* Newcomers are named ``guest1``, ``guest2``... and can ``/nick`` at once.
+* Your own lines are not echoed back to you (your terminal shows them).
+* Server lines start with ``* ``; every line sent ends with ``\\r\\n``.
+  Lines received may end with ``\\n`` or ``\\r\\n``; control characters and
+  telnet commands are removed; bytes that are not UTF-8 become U+FFFD.
+* A line longer than ``max_line`` bytes is dropped, and its sender told so;
+  the server never buffers more than ``max_line`` bytes of one line.
+* A client that stops reading while lines pile up for it (``max_backlog``
+  lines not yet sent) is disconnected, so that it cannot make the server
+  hold an unbounded amount of output.
+* :meth:`ChatServer.shutdown` (Ctrl-C in ``pollchat chat``) tells everyone
+  ``* server shutting down``, sends what is pending and closes.
+
+The code is a plain asyncore/asynchat program (a :class:`ChatServer`
+dispatcher accepting connections, one :class:`ChatSession` ``async_chat`` per
+client) on a :class:`pollchat.Loop`, so it runs on any backend, past 1024
+clients.  In-process use::
+
+    server = ChatServer("127.0.0.1", 0)          # port 0: any free port
+    print(server.address)                        # ('127.0.0.1', 43117)
+    server.serve_forever()                       # until shutdown() / Ctrl-C
+
+From another thread, stop it with ``server.request_shutdown()``.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import re
+import socket
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import asynchat, asyncore
+from .loop import Loop, managed_interest
+
+__all__ = ["ChatServer", "ChatSession", "DEFAULT_HOST", "DEFAULT_MAX_LINE", "DEFAULT_PORT",
+           "valid_nick"]
+
+logger = logging.getLogger("pollchat.chat")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7000
+DEFAULT_MAX_LINE = 512  # bytes per line, not counting the line ending
+DEFAULT_MAX_BACKLOG = 1000  # lines queued for one client before it is dropped as too slow
+NICK_MAX = 20
+
+_NICK_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
+# C0 controls and DEL go (a tab becomes a space): no terminal escapes, no bells.
+_CONTROLS = {code: None for code in (*range(32), 127)}
+_CONTROLS[ord("\t")] = " "
+# Telnet commands (IAC = 0xFF, then a command, and an option for WILL/WONT/DO/
+# DONT): telnet sends some, on Ctrl-C say.  0xFF never occurs in UTF-8.
+_TELNET_COMMAND = re.compile(rb"\xff(?:[\xfb-\xfe].|[\xf0-\xfa\xff])", re.S)
+
+HELP = (
+    "* commands:",
+    "*   /nick NAME       change your nickname",
+    "*   /who             list who is online",
+    "*   /quit [MESSAGE]  leave",
+    "*   /help            this list",
+    "* any other line goes to everyone else",
+)
+
+# Accept errors that mean "out of resources for now", not "the listener is broken".
+_ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def valid_nick(nick: str) -> bool:
+    """Whether ``nick`` is acceptable: 1-20 ASCII letters, digits, ``_`` or
+    ``-``, starting with a letter."""
+    return len(nick) <= NICK_MAX and _NICK_RE.match(nick) is not None
+
+
+def _format_address(address: Any) -> str:
+    try:
+        host, port = address[:2]
+    except (TypeError, ValueError):
+        return str(address)
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+class ChatSession(asynchat.async_chat):
+    """One connected client: reads lines, runs commands, relays messages."""
+
+    def __init__(self, server: ChatServer, sock: socket.socket, addr: Any) -> None:
+        super().__init__(sock, map=server.loop.map)
+        self.server = server
+        self.peer = _format_address(addr)
+        self.nick = ""
+        self.set_terminator(b"\n")
+        self._chunks: List[bytes] = []  # the line being received
+        self._size = 0  # its length so far
+        self._overflow = False  # the line being received is too long: discard it
+        self._leaving = False  # /quit or dropped: ignore further input
+        self._reason = "connection closed"  # what the others are told on close
+        self._closed = False
+
+    # -- input: async_chat calls these -------------------------------------------
+
+    def collect_incoming_data(self, data: bytes) -> None:
+        """Keep at most ``max_line`` bytes (plus a ``\\r``) of the current line."""
+        if self._overflow:
+            return
+        self._size += len(data)
+        if self._size > self.server.max_line + 1:
+            self._overflow = True
+            self._chunks.clear()
+            return
+        self._chunks.append(data)
+
+    def found_terminator(self) -> None:
+        raw = b"".join(self._chunks)
+        overflow = self._overflow
+        self._chunks, self._size, self._overflow = [], 0, False
+        if self._leaving or self._closed:
+            return
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if overflow or len(raw) > self.server.max_line:
+            self.say(f"* line too long (over {self.server.max_line} bytes): not sent")
+            return
+        if b"\xff" in raw:
+            raw = _TELNET_COMMAND.sub(b"", raw)
+        line = raw.decode("utf-8", "replace").translate(_CONTROLS).strip()
+        if line:
+            logger.debug("%s: %s", self.nick, line)
+            self.handle_line(line)
+
+    # -- what a line does ----------------------------------------------------------
+
+    def handle_line(self, line: str) -> None:
+        """Run a ``/command``, or send ``line`` to everyone else."""
+        if not line.startswith("/"):
+            self.server.broadcast(f"<{self.nick}> {line}", exclude=self)
+            return
+        command, _, argument = line.partition(" ")
+        argument = argument.strip()
+        command = command.lower()
+        if command == "/nick":
+            self.server.rename(self, argument)
+        elif command == "/who":
+            names = self.server.nicks()
+            self.say(f"* {len(names)} online: {', '.join(names)}")
+        elif command == "/quit":
+            self.quit(argument)
+        elif command == "/help":
+            for text in HELP:
+                self.say(text)
+        else:
+            self.say(f"* unknown command {command}; type /help for the list")
+
+    def quit(self, message: str = "") -> None:
+        """Say goodbye, send what is pending, then close."""
+        self._leaving = True
+        self._reason = f"quit: {message}" if message else "quit"
+        self.say("* bye")
+        self.close_when_done()
+
+    # -- output ----------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        """Queue one line for this client.  A client that lets more than
+        ``max_backlog`` lines pile up is disconnected (soon, not here: this
+        may run in the middle of a broadcast)."""
+        if self._closed:
+            return
+        self.push(text.encode("utf-8", "replace") + b"\r\n")
+        if len(self.producer_fifo) > self.server.max_backlog and not self._leaving:
+            self._leaving = True
+            self._reason = "too slow: not reading"
+            self.server.loop.call_later(0, self.close)
+
+    # -- closing ----------------------------------------------------------------------
+
+    def handle_close(self) -> None:
+        self.close()
+
+    def handle_error(self) -> None:
+        logger.exception("error in the session of %s (%s); closing it", self.nick, self.peer)
+        self._reason = "server error"
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection and leave the room (once)."""
+        if not self._closed:
+            self._closed = True
+            self.server.leave(self, self._reason)
+        super().close()
+
+
+class ChatServer(asyncore.dispatcher):
+    """The listening socket, and the room: who is here, under which nick.
+
+    Args:
+        host: address to listen on (default ``127.0.0.1``: this machine only).
+        port: TCP port; ``0`` picks a free one (see :attr:`address`).
+        loop: the :class:`pollchat.Loop` to run on; a new one if omitted.
+        backend: backend name for the new loop (ignored with ``loop``).
+        max_line: longest line accepted, in bytes, not counting the ending.
+        max_backlog: lines queued for one client before it is dropped.
+
+    Raises:
+        OSError: cannot listen there (``EADDRINUSE``...), or ``host`` does not
+            resolve (:class:`socket.gaierror`).
+        UnknownBackendError: ``backend`` is unknown or unavailable.
+    """
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
+                 loop: Optional[Loop] = None, backend: Optional[str] = None,
+                 max_line: int = DEFAULT_MAX_LINE,
+                 max_backlog: int = DEFAULT_MAX_BACKLOG, listen_backlog: int = 128) -> None:
+        if max_line < 1:
+            raise ValueError(f"max_line must be at least 1, not {max_line}")
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        self._own_loop = loop is None
+        self.loop = Loop(backend) if loop is None else loop
+        super().__init__(map=self.loop.map)
+        self.max_line = max_line
+        self.max_backlog = max_backlog
+        self.sessions: Dict[str, ChatSession] = {}  # casefolded nick -> session
+        self._guests = itertools.count(1)
+        self._paused = False
+        self._shutting_down = False
+        try:
+            self.create_socket(family, socket.SOCK_STREAM)
+            self.set_reuse_addr()
+            self.bind(sockaddr)
+            self.listen(listen_backlog)
+        except BaseException:
+            self.close()
+            if self._own_loop:
+                self.loop.close()
+            raise
+        self.address: Tuple[str, int] = self.socket.getsockname()[:2]
+
+    # -- accepting ------------------------------------------------------------------
+
+    @managed_interest
+    def readable(self) -> bool:
+        # Not while paused for lack of file descriptors (_pause_accepting).
+        return not self._paused
+
+    def handle_accept(self) -> None:
+        try:
+            pair = self.accept()
+        except OSError as exc:
+            if exc.errno not in _ACCEPT_EXHAUSTED:
+                raise
+            logger.warning("cannot accept connections: %s; pausing for 1 s", exc.strerror)
+            self._pause_accepting(1.0)
+            return
+        if pair is not None:
+            self.handle_accepted(*pair)
+
+    def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
+        if self._shutting_down:
+            sock.close()
+            return
+        try:
+            session = ChatSession(self, sock, addr)
+        except OSError as exc:  # reset before we got to it, say
+            logger.debug("dropped a connection from %s: %s", _format_address(addr), exc)
+            sock.close()
+            return
+        self.join(session)
+
+    def _pause_accepting(self, seconds: float) -> None:
+        # Waiting connections stay in the kernel's queue; without the pause a
+        # level-triggered poller would report the listener ready at once again.
+        self._paused = True
+        self._interest_changed()
+        self.loop.call_later(seconds, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._paused = False
+        self._interest_changed()
+
+    def handle_error(self) -> None:
+        logger.exception("error in the listener; pausing new connections for 1 s")
+        self._pause_accepting(1.0)
+
+    def handle_close(self) -> None:
+        logger.error("the listening socket on %s failed; no new connections",
+                     _format_address(self.address))
+        self.close()
+
+    # -- the room ---------------------------------------------------------------------
+
+    def join(self, session: ChatSession) -> None:
+        """Give ``session`` a guest nick, greet it, tell the others."""
+        others = self.nicks()
+        nick = next(f"guest{n}" for n in self._guests if f"guest{n}" not in self.sessions)
+        session.nick = nick
+        self.sessions[nick.casefold()] = session
+        logger.info("%s connected from %s (%d online)", nick, session.peer, len(self.sessions))
+        here = f"{len(others)} here: {', '.join(others)}" if others else "nobody else here yet"
+        session.say(f"* welcome to pollchat, {nick} ({here}); /nick NAME to change your "
+                    "name, /help for commands")
+        self.broadcast(f"* {nick} joined", exclude=session)
+
+    def leave(self, session: ChatSession, reason: str) -> None:
+        """Forget ``session`` (it is closing) and tell the others why."""
+        if self.sessions.get(session.nick.casefold()) is not session:
+            return
+        del self.sessions[session.nick.casefold()]
+        logger.info("%s disconnected from %s: %s (%d online)", session.nick, session.peer,
+                    reason, len(self.sessions))
+        if not self._shutting_down:
+            self.broadcast(f"* {session.nick} left ({reason})")
+
+    def rename(self, session: ChatSession, new: str) -> None:
+        """``/nick new``: validate, check it is free, announce it to everyone."""
+        if not new:
+            session.say(f"* you are {session.nick}; /nick NAME to change it")
+        elif not valid_nick(new):
+            session.say(f"* invalid nickname {new!r}: use 1-{NICK_MAX} letters, digits, "
+                        "'_' or '-', starting with a letter")
+        elif new == session.nick:
+            session.say(f"* you are already {new}")
+        elif self.sessions.get(new.casefold(), session) is not session:
+            session.say(f"* nickname {new} is taken")
+        else:
+            old = session.nick
+            del self.sessions[old.casefold()]
+            session.nick = new
+            self.sessions[new.casefold()] = session
+            logger.debug("%s is now %s", old, new)
+            self.broadcast(f"* {old} is now {new}")
+
+    def nicks(self) -> List[str]:
+        """Everyone's nick, sorted case-insensitively."""
+        return sorted((s.nick for s in self.sessions.values()), key=str.casefold)
+
+    def broadcast(self, text: str, exclude: Optional[ChatSession] = None) -> None:
+        """Send one line to every session but ``exclude``."""
+        for session in list(self.sessions.values()):
+            if session is not exclude:
+                session.say(text)
+
+    # -- running and stopping -----------------------------------------------------------
+
+    def serve_forever(self, grace: float = 2.0) -> None:
+        """Run until :meth:`shutdown` (or Ctrl-C, which calls it), then give
+        clients up to ``grace`` seconds to receive what is pending; close them
+        and, if the server made its loop, the loop."""
+        try:
+            if not self._shutting_down:
+                self.loop.run(timeout=None)
+        except KeyboardInterrupt:
+            logger.info("interrupted")
+        self.shutdown()
+        deadline = time.monotonic() + grace
+        while self.sessions and time.monotonic() < deadline:
+            self.loop.run_once(min(0.05, max(0.0, deadline - time.monotonic())))
+        for session in list(self.sessions.values()):
+            session.close()
+        if self._own_loop:
+            self.loop.close()
+        logger.info("stopped")
+
+    def shutdown(self, message: str = "server shutting down") -> None:
+        """Stop accepting, tell every client ``* message``, and close each
+        once its pending output is sent.  Call from the loop's thread;
+        idempotent.  :meth:`serve_forever` returns soon after."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        logger.info("shutting down (%d online)", len(self.sessions))
+        self.close()
+        for session in list(self.sessions.values()):
+            session._reason = "server shutting down"
+            session._leaving = True
+            session.say(f"* {message}")
+            session.close_when_done()
+        self.loop.stop()
+
+    def request_shutdown(self) -> None:
+        """:meth:`shutdown`, from any thread."""
+        self.loop.call_soon_threadsafe(self.shutdown)

@@ -1,0 +1,520 @@
+"""The ``pollchat`` command (also ``python -m pollchat``).
+
+Subcommands:
+
+* ``run``: run a legacy asyncore/asynchat program unmodified, on pollchat;
+* ``backends``: what this machine offers (pollers, FD_SETSIZE, fd limits);
+* ``chat``: the multi-user line chat server (:mod:`pollchat.chatserver`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import textwrap
+from types import TracebackType
+from typing import Any, List, Optional, Sequence, Tuple
+
+from . import __version__
+from . import backends as _backends
+from ._install import ModuleAlreadyImportedError, install, raise_fd_limit
+
+__all__ = ["build_parser", "main"]
+
+PROG = "pollchat"
+
+RUN_EXAMPLES = """\
+examples:
+  pollchat run server.py --port 8025          run server.py with its own arguments
+  pollchat run -m mypackage.server            run a module, as python -m does
+  pollchat run --backend poll legacy.py       pick the poller (else $POLLCHAT_BACKEND, else auto)
+  python3.13 -m pollchat run /usr/lib/python3.11/smtpd.py -n -c DebuggingServer 127.0.0.1:8025
+
+Options go before SCRIPT or -m MODULE; everything after belongs to the program.
+The program sees sys.argv, __main__ and sys.path as under python itself, and its
+exit status and tracebacks are its own."""
+
+BACKENDS_EXAMPLES = """\
+examples:
+  pollchat backends
+  POLLCHAT_BACKEND=poll pollchat backends     check what the variable selects"""
+
+CHAT_EXAMPLES = """\
+examples:
+  pollchat chat                               listen on 127.0.0.1:7000
+  pollchat chat --host 0.0.0.0 --port 7777    listen on every interface
+  pollchat chat --port 0 --verbose            any free port (logged), every line logged
+
+then, in other terminals:  nc 127.0.0.1 7000   or   telnet 127.0.0.1 7000
+commands for clients: /nick NAME, /who, /quit [MESSAGE], /help; anything else is
+sent to everyone. Ctrl-C stops the server (clients are told)."""
+
+# pollchat run's own options; the first other token is the program.
+_RUN_OPTIONS_WITH_VALUE = ("--backend",)
+
+
+class _CliError(Exception):
+    """One line for stderr, and the exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, not {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _add_backend_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", metavar="NAME",
+        help=f"poller to use: {', '.join(_backends.all_backends())} or auto "
+             f"(default: ${_backends.ENV_VAR}, else auto; see 'pollchat backends')")
+
+
+def _para(text: str) -> str:
+    return textwrap.fill(text, width=79)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``pollchat`` command."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=formatter,
+        description="asyncore and asynchat for modern Python, on scalable pollers.",
+        epilog=textwrap.dedent("""\
+            commands:
+              pollchat run SCRIPT [ARGS...]     run a legacy asyncore/asynchat program
+              pollchat backends                 list the pollers and limits of this machine
+              pollchat chat                     start the demo chat server
+
+            'pollchat COMMAND --help' tells more."""))
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__version__} (Python {sys.version.split()[0]})")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.subcommands = sub.choices  # type: ignore[attr-defined]  # for main()'s errors
+
+    run = sub.add_parser(
+        "run", formatter_class=formatter, allow_abbrev=False, epilog=RUN_EXAMPLES,
+        help="run a legacy asyncore/asynchat program unmodified",
+        usage="%(prog)s [OPTIONS] (SCRIPT | -m MODULE) [ARGS...]",
+        description=_para("Run an asyncore/asynchat program without editing it: 'import "
+                          "asyncore' and 'import asynchat' give pollchat's modules (also on "
+                          "Python 3.12+, where the standard library has none), on the chosen "
+                          "backend, with the soft open-file limit raised to the hard limit "
+                          "first."))
+    _add_backend_option(run)
+    run.add_argument("--no-raise-fd-limit", dest="raise_fd_limit", action="store_false",
+                     help="leave the soft open-file limit (RLIMIT_NOFILE) as it is")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="no 'pollchat: ...' line on stderr before the program starts")
+    run.add_argument("-m", dest="module", metavar="MODULE",
+                     help="run library module MODULE as a script, as python -m does")
+    run.add_argument("script", nargs="?", metavar="SCRIPT", help="the program's file")
+    run.add_argument("args", nargs="*", metavar="ARGS", help="the program's arguments")
+
+    backends = sub.add_parser(
+        "backends", formatter_class=formatter, epilog=BACKENDS_EXAMPLES,
+        help="list every backend, available or not, and the fd limits",
+        description=_para("Every poller backend, whether this machine has it (and why not), "
+                          "what it reports and its limits; which one 'auto' picks; what "
+                          f"${_backends.ENV_VAR} selects; FD_SETSIZE; this process's "
+                          "open-file limits."))
+    del backends  # no options
+
+    chat = sub.add_parser(
+        "chat", formatter_class=formatter, epilog=CHAT_EXAMPLES,
+        help="run the multi-user line chat server (the showcase)",
+        description=_para("A multi-user line chat server built on async_chat: nicknames, "
+                          "broadcast, /who, /nick, /quit, a line-length limit. Logs one line "
+                          "per connection and disconnection on stderr."))
+    chat.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (default: %(default)s)")
+    chat.add_argument("--port", type=_port, default=7000,
+                      help="TCP port; 0 picks a free one and logs it (default: %(default)s)")
+    _add_backend_option(chat)
+    chat.add_argument("--max-line", type=_positive, default=512, metavar="BYTES",
+                      help="longest line accepted; longer ones are dropped and their "
+                           "sender told (default: %(default)s)")
+    chat.add_argument("--no-raise-fd-limit", dest="raise_fd_limit", action="store_false",
+                      help="leave the soft open-file limit (RLIMIT_NOFILE) as it is")
+    chat.add_argument("-v", "--verbose", action="store_true",
+                      help="log every line and nick change too (DEBUG)")
+    return parser
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _resolve_backend(name: Optional[str]) -> Tuple[str, str]:
+    """(concrete backend name, where the choice came from).
+
+    Raises:
+        _CliError: unknown or unavailable (status 2).
+    """
+    try:
+        chosen = _backends.choose_backend(name)
+    except _backends.UnknownBackendError as exc:
+        raise _CliError(str(exc), 2) from None
+    if name is not None:
+        origin = "auto" if name.strip().lower() == _backends.AUTO else "--backend"
+    elif _backends.registry.environ_backend() is not None:
+        origin = f"${_backends.ENV_VAR}"
+    else:
+        origin = "auto"
+    return chosen, origin
+
+
+def _fd_limit_report(raise_it: bool) -> str:
+    """Raise the soft RLIMIT_NOFILE if asked; say what happened."""
+    soft, hard = _backends.fd_limits()
+    if soft is None and hard is None:
+        return "open-file limit: unknown or unlimited"
+    if not raise_it:
+        return f"open-file limit left at {_limit(soft)} (hard limit {_limit(hard)})"
+    old, new = raise_fd_limit()
+    if old != new:
+        return f"raised the soft open-file limit from {_limit(old)} to {_limit(new)}"
+    if new == hard:
+        return f"open-file limit {_limit(new)} (already the hard limit)"
+    return f"could not raise the soft open-file limit {_limit(old)} (hard limit {_limit(hard)})"
+
+
+def _limit(value: Optional[int]) -> str:
+    return "unlimited" if value is None else str(value)
+
+
+def _split_run_args(tokens: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Split ``pollchat run``'s arguments as python splits its own: options
+    up to SCRIPT or ``-m MODULE``, then the program's arguments.
+
+    Returns ``(for argparse, for the program)``.
+    """
+    mine: List[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "--":
+            mine.extend(tokens[i:i + 2])
+            return mine, list(tokens[i + 2:])
+        if token == "-m":
+            mine.extend(tokens[i:i + 2])
+            return mine, list(tokens[i + 2:])
+        if token.startswith("-m") and not token.startswith("--"):  # -mMODULE
+            mine.append(token)
+            return mine, list(tokens[i + 1:])
+        if token in _RUN_OPTIONS_WITH_VALUE:
+            mine.extend(tokens[i:i + 2])
+            i += 2
+            continue
+        if token.startswith("-") and token != "-":
+            mine.append(token)  # a flag, or an unknown option argparse will report
+            i += 1
+            continue
+        mine.append(token)  # SCRIPT
+        return mine, list(tokens[i + 1:])
+    return mine, []
+
+
+def _trim_traceback(tb: Optional[TracebackType]) -> Optional[TracebackType]:
+    """Drop the frames of pollchat run and runpy from the top of ``tb``, so
+    that the program's traceback looks as it does under python itself."""
+    import runpy
+
+    ours = {_trim_traceback.__code__.co_filename, runpy.run_path.__code__.co_filename}
+    while tb is not None and tb.tb_frame.f_code.co_filename in ours:
+        tb = tb.tb_next
+    return tb
+
+
+def _log_to_stderr(name: str, fmt: str, level: int) -> logging.Handler:
+    """A stderr handler on logger ``name`` only: the program's own logging
+    configuration (basicConfig on the root logger) stays its own."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+    log = logging.getLogger(name)
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+    return handler
+
+
+# -- run ---------------------------------------------------------------------------------
+
+
+def _run(ns: argparse.Namespace, program_args: List[str], real_cli: bool) -> int:
+    target = ns.module or ns.script
+    if not target:
+        raise _CliError("give the program to run: SCRIPT or -m MODULE "
+                        "(see 'pollchat run --help')", 2)
+    backend, origin = _resolve_backend(ns.backend)
+    if origin == "auto":
+        # The precedence (pollchat.backends.registry): a program's own choice,
+        # such as asyncore.loop(use_poll=True), comes before auto.
+        origin = "auto, unless the program picks one"
+    if ns.module is None and not os.path.exists(ns.script):
+        raise _CliError(f"can't open file {os.path.abspath(ns.script)!r}: "
+                        f"[Errno 2] No such file or directory", 2)
+    try:
+        install()
+    except ModuleAlreadyImportedError as exc:
+        raise _CliError(str(exc)) from None
+
+    log = logging.getLogger("pollchat.cli")
+    handler = _log_to_stderr("pollchat.cli", "pollchat: %(message)s",
+                             logging.WARNING if ns.quiet else logging.INFO)
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    saved_env = os.environ.get(_backends.ENV_VAR)
+    try:
+        if ns.backend is not None:
+            os.environ[_backends.ENV_VAR] = ns.backend.strip().lower()  # children inherit it
+        log.info("running %s on the %s backend (%s); %s", target, backend, origin,
+                 _fd_limit_report(ns.raise_fd_limit))
+        return _run_program(ns.module, ns.script, program_args, real_cli)
+    finally:
+        sys.argv[:] = saved_argv
+        sys.path[:] = saved_path
+        if saved_env is None:
+            os.environ.pop(_backends.ENV_VAR, None)
+        else:
+            os.environ[_backends.ENV_VAR] = saved_env
+        logging.getLogger("pollchat.cli").removeHandler(handler)
+
+
+def _run_program(module: Optional[str], script: Optional[str], args: List[str],
+                 real_cli: bool) -> int:
+    """Run the program as python would; its SystemExit propagates."""
+    import runpy
+
+    safe_path = getattr(sys.flags, "safe_path", False)  # python -P: no sys.path[0]
+    try:
+        if module is not None:
+            sys.argv[:] = ["-m", *args]  # runpy puts the module's file in argv[0]
+            if not safe_path:
+                sys.path[0] = os.getcwd()
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            assert script is not None
+            sys.argv[:] = [script, *args]
+            if os.path.isfile(script) and not script.endswith((".pyc", ".pyo")):
+                if not safe_path:
+                    sys.path[0] = os.path.dirname(os.path.realpath(script))
+                _exec_script(script)
+            else:  # a directory or zip file with __main__.py, or compiled code
+                if not safe_path:
+                    del sys.path[0]  # runpy puts the archive there instead, as python does
+                runpy.run_path(script, run_name="__main__")
+    except SystemExit:
+        raise
+    except KeyboardInterrupt as exc:
+        _print_uncaught(exc)
+        return _interrupted(real_cli)
+    except BaseException as exc:
+        tb = _trim_traceback(exc.__traceback__)
+        if tb is None and module is not None and isinstance(exc, ImportError):
+            raise _CliError(str(exc)) from None  # runpy could not find the module
+        _print_uncaught(exc)
+        return 1
+    return 0
+
+
+def _exec_script(script: str) -> None:
+    """Run a source file as ``python script`` does: in a fresh ``__main__``
+    module (``__file__`` absolute, ``sys.argv[0]`` as given), kept in
+    ``sys.modules`` while it runs."""
+    import builtins
+    import importlib.machinery
+    import types
+
+    path = os.path.abspath(script)
+    with open(path, "rb") as source_file:  # bytes: compile() honours a coding cookie
+        source = source_file.read()
+    code = compile(source, path, "exec", dont_inherit=True)
+    main_module = types.ModuleType("__main__")
+    main_module.__dict__.update(
+        __file__=path, __cached__=None, __package__=None, __spec__=None,
+        __loader__=importlib.machinery.SourceFileLoader("__main__", path),
+        __builtins__=builtins)
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = main_module
+    try:
+        exec(code, main_module.__dict__)
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
+def _print_uncaught(exc: BaseException) -> None:
+    """Report an exception the program did not catch, through
+    ``sys.excepthook`` as python does, without pollchat's own frames."""
+    exc.__traceback__ = _trim_traceback(exc.__traceback__)
+    sys.excepthook(type(exc), exc, exc.__traceback__)
+
+
+def _interrupted(real_cli: bool) -> int:
+    """Exit as python does after an uncaught KeyboardInterrupt: killed by
+    SIGINT (so that shells see it), or status 130 when called in-process."""
+    if real_cli and hasattr(signal, "SIGINT") and os.name == "posix":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return 130
+
+
+# -- backends ----------------------------------------------------------------------------
+
+
+def _backend_class(name: str, available: bool) -> Any:
+    cls = getattr(_backends.pollers, f"{name.capitalize()}Backend", None)
+    if cls is None and available:
+        cls = _backends.get_backend(name)
+    return cls if isinstance(cls, type) else None
+
+
+def _backends_report() -> List[str]:
+    status = _backends.backend_status()
+    try:
+        best: Optional[str] = _backends.best_backend()
+    except _backends.UnknownBackendError:
+        best = None
+    rows = []
+    for info in status:
+        cls = _backend_class(info.name, info.available)
+        reports = _backends.event_names(cls.reports) if cls is not None else "?"
+        limits = getattr(cls, "limits", "") if cls is not None else ""
+        rows.append((info, reports, limits))
+    width = max(len("BACKEND"), *(len(info.name) for info, _, _ in rows)) + 2
+    lines = [f"pollchat {__version__}, Python {sys.version.split()[0]} on {sys.platform}", "",
+             f"{'BACKEND':<{width}}{'AVAILABLE':<11}REPORTS"]
+    for info, reports, limits in rows:
+        mark = "  <- auto" if info.name == best else ""
+        lines.append(f"{info.name:<{width}}{'yes' if info.available else 'no':<11}"
+                     f"{reports}{mark}")
+        if not info.available:
+            lines.append(f"{'':<{width}}  why not: {info.reason}")
+        if limits:
+            lines.append(f"{'':<{width}}  limits:  {limits}")
+    lines.append("")
+    order = ", ".join(_backends.PREFERENCE)
+    pairs = [("auto picks", f"{best} (the first available of: {order})" if best
+              else "nothing: no backend is available")]
+    env = _backends.registry.environ_backend()
+    if env is None:
+        pairs.append((f"${_backends.ENV_VAR}", f"unset, so programs use {best} (auto)"))
+    else:
+        try:
+            pairs.append((f"${_backends.ENV_VAR}",
+                          f"{env!r}, so programs use {_backends.choose_backend()}"))
+        except _backends.UnknownBackendError as exc:
+            pairs.append((f"${_backends.ENV_VAR}", f"{env!r}: ERROR: {exc}"))
+    pairs.append(("FD_SETSIZE", f"{_backends.FD_SETSIZE} (select refuses fds >= "
+                                f"{_backends.FD_SETSIZE}; the others have no such limit)"))
+    soft, hard = _backends.fd_limits()
+    if soft is None and hard is None:
+        limits_text = "unknown or unlimited"
+    else:
+        limits_text = (f"soft {_limit(soft)}, hard {_limit(hard)} (RLIMIT_NOFILE; "
+                       "'pollchat run' raises soft to hard)")
+    pairs.append(("open files", limits_text))
+    key_width = max(len(key) for key, _ in pairs) + 2
+    lines.extend(f"{key + ':':<{key_width}}{value}" for key, value in pairs)
+    return lines
+
+
+# -- chat --------------------------------------------------------------------------------
+
+
+def _chat(ns: argparse.Namespace) -> int:
+    from .chatserver import ChatServer
+
+    backend, origin = _resolve_backend(ns.backend)
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
+                        stream=sys.stderr)
+    log = logging.getLogger("pollchat.chat")
+    limit_text = _fd_limit_report(ns.raise_fd_limit)
+    try:
+        server = ChatServer(ns.host, ns.port, backend=backend, max_line=ns.max_line)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        host = f"[{ns.host}]" if ":" in ns.host else ns.host
+        raise _CliError(f"cannot listen on {host}:{ns.port}: {reason}") from None
+    host, port = server.address
+    shown = f"[{host}]" if ":" in host else host
+    log.info("listening on %s:%d (backend %s, %s; max line %d bytes); %s; Ctrl-C to stop",
+             shown, port, backend, origin, ns.max_line, limit_text)
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM: the same clean shutdown as Ctrl-C
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:  # a second Ctrl-C during the shutdown
+        log.info("interrupted again: closing at once")
+        for session in list(server.sessions.values()):
+            session.close()
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``pollchat`` command; return the exit status.
+
+    ``pollchat run`` lets the program's ``SystemExit`` propagate, so that
+    ``sys.exit("message")`` behaves as under python.  With ``argv`` omitted
+    (the real command line), a program stopped by an uncaught Ctrl-C ends
+    this process by SIGINT, as python does; otherwise status 130 is returned.
+    """
+    real_cli = argv is None
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    program_args: List[str] = []
+    if tokens and tokens[0] == "run":
+        mine, program_args = _split_run_args(tokens[1:])
+        tokens = ["run", *mine]
+    ns, unknown = parser.parse_known_args(tokens)
+    if unknown:  # reported by the subcommand's parser, with its usage line
+        parser.subcommands.get(ns.command, parser).error(  # type: ignore[attr-defined]
+            f"unrecognized arguments: {' '.join(unknown)}")
+    if ns.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if ns.command == "run":
+            return _run(ns, program_args + list(ns.args), real_cli)
+        if ns.command == "backends":
+            print("\n".join(_backends_report()))
+            return 0
+        if ns.command == "chat":
+            return _chat(ns)
+    except _CliError as exc:
+        print(f"{PROG} {ns.command}: {exc}", file=sys.stderr)
+        return exc.status
+    parser.error(f"unknown command {ns.command!r}")  # pragma: no cover - argparse checks
+    return 2  # pragma: no cover
