@@ -290,3 +290,17 @@ def test_a_closed_socket_is_refused_with_a_clear_error():
 def test_unknown_backend_is_a_clear_value_error():
     with pytest.raises(ValueError, match="choose one of"):
         pollchat.Loop("nosuchpoller")
+
+
+def test_dispatcher_does_not_delegate_to_its_socket():
+    a, b = socket.socketpair()
+    d = asyncore.dispatcher(a, map={})
+    with pytest.raises(AttributeError) as info:
+        d.getsockname  # noqa: B018 - a socket attribute, not a dispatcher one
+    if sys.version_info >= (3, 12):
+        assert "self.socket.getsockname" in str(info.value)
+    with pytest.raises(AttributeError):
+        d.no_such_thing  # noqa: B018
+    assert d.socket.getsockname() == a.getsockname()
+    d.close()
+    b.close()

@@ -91,8 +91,15 @@ def _polls_predicates(channel: Any) -> bool:
     if polls:
         return True
     # An instance-level override (obj.readable = ..., mock.patch.object).
-    own = getattr(channel, "__dict__", None)
-    return bool(own) and ("readable" in own or "writable" in own)
+    # Checked through the bound methods: touching channel.__dict__ would
+    # materialize the instance dict, which makes every later attribute
+    # access on the channel slower on CPython 3.11+.
+    for name in ("readable", "writable"):
+        bound = getattr(channel, name)
+        if (getattr(bound, "__func__", None) is not getattr(cls, name)
+                or getattr(bound, "__self__", None) is not channel):
+            return True
+    return False
 
 
 def get_socket_map() -> Dict[Any, Any]:
