@@ -11,14 +11,15 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ._install import ModuleAlreadyImportedError, install, raise_fd_limit
+from .chat import InputLimitExceeded
 from .loop import Loop, get_loop, managed_interest
 from .timers import TimerHandle
 
 __version__ = "0.1.0"
 
-__all__ = ["Loop", "TimerHandle", "call_at", "call_later", "call_soon_threadsafe",
-           "get_loop", "managed_interest", "__version__"]
-__all__ += ["ModuleAlreadyImportedError", "install", "raise_fd_limit"]
+__all__ = ["InputLimitExceeded", "Loop", "ModuleAlreadyImportedError", "TimerHandle",
+           "call_at", "call_later", "call_soon_threadsafe", "get_loop", "install",
+           "managed_interest", "raise_fd_limit", "__version__"]
 
 
 def call_later(delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:

@@ -37,7 +37,7 @@ from .channel import dispatcher
 from .dispatch import REraised
 from .loop import managed_interest
 
-__all__ = ["async_chat", "simple_producer", "find_prefix_at_end"]
+__all__ = ["InputLimitExceeded", "async_chat", "simple_producer", "find_prefix_at_end"]
 
 #: What ``set_terminator()`` accepts (after conversion: bytes, int or None).
 Terminator = Union[bytes, bytearray, memoryview, str, int, None]
@@ -95,6 +95,10 @@ def _byte_view(data: Any) -> Any:
     return memoryview(view.tobytes())
 
 
+class InputLimitExceeded(ValueError):
+    """A peer sent more than ``max_line`` bytes without a terminator."""
+
+
 class async_chat(dispatcher):
     """A dispatcher for protocols made of terminated or counted messages.
 
@@ -127,6 +131,20 @@ class async_chat(dispatcher):
     use_encoding = 0
     encoding = "latin-1"
 
+    #: The most bytes accepted while waiting for a bytes terminator (``None``:
+    #: no limit, as in CPython).  Past it, ``handle_error()`` runs with an
+    #: :class:`InputLimitExceeded` being handled, and by default closes the
+    #: channel.  Checked per read, so a collector may see up to one read
+    #: (``ac_in_buffer_size``) more before the channel is cut off.
+    max_line: Optional[int] = None
+    #: Queued output (bytes pushed, not yet sent) above which
+    #: :meth:`handle_output_high_water` runs (``None``: no limit).  By default
+    #: that stops reading from this channel until the queue drains to
+    #: ``out_low_water`` (default: a quarter of the high mark), so a peer that
+    #: does not read cannot make the server queue without bound.
+    out_high_water: Optional[int] = None
+    out_low_water: Optional[int] = None
+
     def __init__(self, sock: Any = None, map: Optional[Dict[Any, Any]] = None) -> None:
         # Input state: _ac_buf[_ac_pos:] is what CPython calls ac_in_buffer.
         # (Instance attributes only: a class attribute of the same name would
@@ -138,6 +156,9 @@ class async_chat(dispatcher):
         # The last answer writable() gave (None: never asked), so that a
         # state change tells the loop only when that answer changes.
         self._ac_writable_seen: Optional[bool] = None
+        self._ac_line_bytes = 0  # received since the last terminator (max_line)
+        self._ac_queued = 0  # bytes pushed and not yet sent (out_high_water)
+        self._ac_output_full = False
         dispatcher.__init__(self, sock, map)
 
     # -- the pending input --------------------------------------------------------
@@ -268,6 +289,27 @@ class async_chat(dispatcher):
         self._ac_buf = buf
         self._ac_pos = 0
         self._scan_input()
+        if self.max_line is not None:
+            self._check_line_limit(data)
+
+    def _check_line_limit(self, data: bytes) -> None:
+        """Count what arrived since the last bytes terminator; too much is an
+        :class:`InputLimitExceeded` (which reaches ``handle_error()``)."""
+        term = self.get_terminator()
+        if type(term) is not bytes or not term:
+            self._ac_line_bytes = 0  # a count or None: the program asked for it all
+            return
+        at = data.rfind(term)
+        if at < 0:
+            self._ac_line_bytes += len(data)
+        else:
+            self._ac_line_bytes = len(data) - at - len(term)
+        if self._ac_line_bytes > self.max_line:
+            waiting = self._ac_line_bytes
+            self._ac_line_bytes = 0
+            raise InputLimitExceeded(
+                f"{waiting} bytes received without the terminator {term!r}; "
+                f"the limit (max_line) is {self.max_line}")
 
     def _input_bytes(self, data: Any) -> bytes:
         """``recv()`` (perhaps overridden) returned something else than bytes."""
@@ -424,6 +466,8 @@ class async_chat(dispatcher):
             data = self._output_bytes(data)
         if data:
             self.producer_fifo.append(data)
+            if self.out_high_water is not None:
+                self._count_queued(len(data))
         self.initiate_send()
         self._update_interest()
 
@@ -510,6 +554,8 @@ class async_chat(dispatcher):
             except OSError:
                 self.handle_error()
                 break
+            if sent and self.out_high_water is not None:
+                self._count_queued(-sent)
             if sent and fifo and fifo[0] is first:
                 if sent >= size:
                     fifo.popleft()
@@ -562,6 +608,8 @@ class async_chat(dispatcher):
         self._ac_pos = 0
         del self.incoming[:]
         self.producer_fifo.clear()
+        if self._ac_queued:
+            self._count_queued(-self._ac_queued)
         self._update_interest()
 
     # -- events and predicates ------------------------------------------------------
@@ -585,6 +633,30 @@ class async_chat(dispatcher):
         answer = bool(self.producer_fifo) or not self.connected
         self._ac_writable_seen = answer
         return answer
+
+    # -- output flow control -----------------------------------------------------------
+
+    def _count_queued(self, delta: int) -> None:
+        # Producers' pieces are sent but were never counted in: never below 0.
+        queued = self._ac_queued = max(self._ac_queued + delta, 0)
+        if not self._ac_output_full:
+            if queued > self.out_high_water:
+                self._ac_output_full = True
+                self.handle_output_high_water()
+        else:
+            low = self.out_low_water
+            if queued <= (self.out_high_water // 4 if low is None else low):
+                self._ac_output_full = False
+                self.handle_output_low_water()
+
+    def handle_output_high_water(self) -> None:
+        """More than ``out_high_water`` bytes are queued: stop reading from
+        this channel (override to do something else, e.g. drop the peer)."""
+        self.pause_reading()
+
+    def handle_output_low_water(self) -> None:
+        """The queue drained to ``out_low_water``: read again."""
+        self.resume_reading()
 
     # -- helpers ------------------------------------------------------------------------
 
