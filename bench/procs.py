@@ -1,0 +1,299 @@
+"""Server and client processes: start, sample, talk to, and always stop.
+
+Every wait here is bounded: a server that does not announce its port, a
+client that does not finish, a server that does not quit are killed after
+their deadline and the run is reported as failed, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Dict, FrozenSet, Iterator, Mapping, Optional, Sequence, Tuple
+
+import psutil
+
+STDERR_TAIL = 4000  # bytes of a process's stderr kept for error reports
+
+
+class ProcessFailed(Exception):
+    """A benchmark process did not do what it should; the message says what."""
+
+
+@dataclass
+class Sample:
+    """A server's counters at one moment, and the load of the CPUs it and its
+    client run on."""
+
+    at: float  # time.perf_counter()
+    cpu: float  # the server's user + system seconds
+    rss: int  # the server's resident set, bytes
+    cpus_busy: float  # seconds the watched CPUs spent not idle, since boot (summed)
+    cpus_total: float  # seconds of the watched CPUs, since boot (summed)
+
+
+def cpus_time(cpus: Optional[FrozenSet[int]]) -> Tuple[float, float]:
+    """(busy, total) seconds of the CPUs in ``cpus`` (all when None), summed."""
+    busy = total = 0.0
+    for n, times in enumerate(psutil.cpu_times(percpu=True)):
+        if cpus is None or n in cpus:
+            all_ = sum(times)
+            total += all_
+            busy += all_ - times.idle - getattr(times, "iowait", 0.0)
+    return busy, total
+
+
+def pin(pid: int, cpu: Optional[int]) -> None:
+    """Pin ``pid`` to one CPU (no-op when ``cpu`` is None or unsupported)."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return
+    try:
+        os.sched_setaffinity(pid, {cpu})
+    except OSError:
+        pass  # the process may be gone already; the run will tell
+
+
+def tail(path: Path, limit: int = STDERR_TAIL) -> str:
+    """The end of a log file, decoded leniently."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def last_error_line(text: str) -> str:
+    """The line of a traceback (or log) that says what went wrong."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if not line.startswith(("File ", "^", "~")) and not line.startswith("Traceback"):
+            return line
+    return ""
+
+
+def read_lines(stream: IO[bytes], deadline: float) -> Iterator[str]:
+    """Lines from a pipe until EOF or ``deadline`` (perf_counter time).
+
+    Reads the raw fd, so that a line is seen as soon as it is written (a
+    buffered reader could hold it back while select() waits for more)."""
+    fd = stream.fileno()
+    pending = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                yield line.decode("utf-8", "replace")
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                raise ProcessFailed("timed out")
+            if not sel.select(min(left, 1.0)):
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                if pending:
+                    yield pending.decode("utf-8", "replace")
+                return
+            pending += chunk
+
+
+@dataclass
+class Server:
+    """A benchmark server process."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    log: Path
+    cpu: Optional[int] = None
+    host: str = "127.0.0.1"
+    proc: Optional[subprocess.Popen] = None
+    port: int = 0
+    info: Dict[str, Any] = field(default_factory=dict)
+    ps: Optional[psutil.Process] = None
+    watch: Optional[FrozenSet[int]] = None  # CPUs whose load samples report (None: all)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Launch and wait for the ``PORT`` line.
+
+        stdout and stderr both go to the log file, never to a pipe: asyncore's
+        ``log_info()`` prints to stdout, and a pipe nobody reads would
+        eventually block the server."""
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(list(self.argv), stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **self.env})
+        pin(self.proc.pid, self.cpu)
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline and self.alive():
+            if self._read_announcement():
+                return
+            time.sleep(0.01)
+        if self._read_announcement():  # it may have exited right after
+            return
+        self.kill()
+        raise ProcessFailed(f"server did not start: {self.error() or 'no PORT line'}")
+
+    def _read_announcement(self) -> bool:
+        """Parse the ``INFO``/``PORT`` lines from the log; True once the port is known."""
+        for line in tail(self.log, limit=1 << 16).splitlines():
+            if line.startswith("INFO "):
+                self.info = json.loads(line[5:])
+            elif line.startswith("PORT "):
+                self.port = int(line[5:])
+        return self.port > 0
+
+    def alive(self) -> bool:
+        """Whether the server is still running."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait(self, timeout: float) -> Optional[int]:
+        """Wait up to ``timeout`` for the server to exit; its status or None."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def sample(self) -> Optional[Sample]:
+        """CPU and RSS now (None if the server is gone)."""
+        try:
+            times = self.ps.cpu_times()
+            rss = self.ps.memory_info().rss
+        except (psutil.Error, AttributeError):
+            return None
+        busy, total = cpus_time(self.watch)
+        return Sample(time.perf_counter(), times.user + times.system, rss, busy, total)
+
+    def error(self) -> str:
+        """The last thing the server said besides its announcement ("" if
+        nothing): why it failed, or what it complained about."""
+        said = [line for line in tail(self.log).splitlines()
+                if not line.startswith(("INFO ", "PORT "))]
+        return last_error_line("\n".join(said))
+
+    def stop(self, grace: float = 5.0) -> Optional[int]:
+        """Ask the server to quit (a ``QUIT`` line); kill it if it does not.
+        Returns its exit status."""
+        if self.proc is None:
+            return None
+        if self.alive() and self.port:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=2) as sock:
+                    sock.sendall(b"QUIT\n")
+            except OSError:
+                pass
+        try:
+            return self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            return self.kill()
+
+    def kill(self) -> Optional[int]:
+        """Kill the server (only this process, by its pid)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.proc.wait()
+
+
+@dataclass
+class ClientRun:
+    """What a client reported, and the server samples taken at its events."""
+
+    result: Dict[str, Any]
+    samples: Dict[str, Sample]
+
+
+def run_client(argv: Sequence[str], server: Server, log: Path, timeout: float,
+               cpu: Optional[int] = None) -> ClientRun:
+    """Run a client to completion, sampling the server at each of its events.
+
+    On ``ready`` the server is sampled and the client told to go; ``start``
+    and ``end`` are sampled too.  Raises ProcessFailed when there is no result.
+    """
+    samples: Dict[str, Sample] = {}
+    result: Optional[Dict[str, Any]] = None
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=err)
+    pin(proc.pid, cpu)
+    try:
+        for line in read_lines(proc.stdout, time.perf_counter() + timeout):
+            event = _parse_event(line)
+            name = event.get("event")
+            if name in ("ready", "start", "end"):
+                sample = server.sample()
+                if sample is not None:
+                    samples[name] = sample
+                if name == "ready":
+                    _tell(proc, b"go\n")
+            elif name == "result":
+                result = event
+    except ProcessFailed:
+        proc.kill()
+        raise ProcessFailed(f"client timed out after {timeout:.0f} s") from None
+    finally:
+        _reap(proc)
+    if result is None:
+        raise ProcessFailed(f"client gave no result: {last_error_line(tail(log)) or 'no output'}")
+    return ClientRun(result, samples)
+
+
+def _parse_event(line: str) -> Dict[str, Any]:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+def _tell(proc: subprocess.Popen, data: bytes) -> None:
+    try:
+        proc.stdin.write(data)
+        proc.stdin.flush()
+    except OSError:
+        pass  # the client is gone; its result (or lack of one) will say why
+
+
+def _reap(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    for stream in (proc.stdin, proc.stdout):
+        if stream:
+            try:
+                stream.close()
+            except OSError:
+                pass
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def python_version(python: str) -> Optional[str]:
+    """``X.Y.Z`` of an interpreter, or None if it does not run."""
+    try:
+        out = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                             capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def probe(python: str, code: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run ``code`` in ``python`` (capturing output); never raises."""
+    try:
+        return subprocess.run([python, "-c", code], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return subprocess.CompletedProcess([python], 1, "", str(exc))
+
