@@ -276,20 +276,23 @@ class Loop:
             RuntimeError: the loop is closed, or running in another thread.
         """
         self._enter()
+        # The timer heap itself, not the TimerQueue: len() of the queue is a
+        # Python-level call, and this runs on every pass.
+        heap = self.timers._heap
         try:
             if self._generation != _fork_generation:
                 self._renew_after_fork()
             self._sync_interest()
-            if not self.map and not self.timers and not self._callbacks:
+            if not self.map and not heap and not self._callbacks:
                 return
             if self._callbacks:
                 timeout = 0.0
-            elif self.timers:
+            elif heap:
                 timeout = self.timers.timeout(timeout)
             events = self.backend.poll(timeout)
             if events:
                 self._dispatch(events)
-            if self.timers:
+            if heap:
                 self._run_timers()
             if self._callbacks:
                 self._run_callbacks()
@@ -373,10 +376,14 @@ class Loop:
         if channel is None:
             self._polled.discard(fd)
             return
-        if _polls_predicates(channel):
-            self._polled.add(fd)
-        else:
-            self._polled.discard(fd)
+        if registered is None:
+            # A channel new to the backend (or one that wanted nothing): decide
+            # once whether it is asked every pass.  Not on every sync: that
+            # is the hot path of a busy channel.
+            if _polls_predicates(channel):
+                self._polled.add(fd)
+            else:
+                self._polled.discard(fd)
         try:
             mask = 0
             if channel.readable():
@@ -481,11 +488,16 @@ class Loop:
     # -- dispatch -------------------------------------------------------------------
 
     def _dispatch(self, events: Any) -> None:
+        """Hand each ready fd's events to its channel.  The hot path: per
+        event a few dict lookups and one call.
+
+        No re-sync of the channel follows: the library's own predicates
+        change only through methods that call ``_interest_changed()``, and
+        channels with predicates of their own are re-synced every pass anyway.
+        """
         channels_get = self._channels.get
         map = self.map
         map_get = map.get
-        dirty_add = self._dirty.add
-        deliver = self._deliver
         idle = self._idle
         now = self.timers.clock() if idle else 0.0
         for fd, mask in events:
@@ -496,12 +508,17 @@ class Loop:
                     self._waker.drain()
                 continue
             if map_get(fd) is not channel:
-                dirty_add(fd)  # the map changed under us: re-sync, don't dispatch
+                self._dirty.add(fd)  # the map changed under us: re-sync, don't dispatch
                 continue
             if idle and fd in idle:
                 idle[fd].last_active = now
-            deliver(channel, mask, fd)
-            dirty_add(fd)
+            # _deliver(), inlined: one call less per event.
+            try:
+                dispatch(channel, mask, fd, map)
+            except REraised:
+                raise
+            except Exception:
+                self._error_handler_raised(channel)
 
     def _deliver(self, channel: Any, mask: int, fd: Any) -> None:
         try:
@@ -509,12 +526,15 @@ class Loop:
         except REraised:
             raise
         except Exception:
-            # Only handle_error() (or handle_close() on a disconnect) can get
-            # here: dispatch() caught the handler's own exception.
-            if not self.isolate_errors:
-                raise
-            logger.exception("error handler of %r raised; closing the channel", channel)
-            self._force_close(channel)
+            self._error_handler_raised(channel)
+
+    def _error_handler_raised(self, channel: Any) -> None:
+        # Only handle_error() (or handle_close() on a disconnect) can get
+        # here: dispatch() caught the handler's own exception.
+        if not self.isolate_errors:
+            raise  # noqa: PLE0704 - called from an except block: re-raises it
+        logger.exception("error handler of %r raised; closing the channel", channel)
+        self._force_close(channel)
 
     def _report(self, channel: Any, method: str, via_handle_error: bool = False) -> None:
         """Call ``channel.<method>()``; with ``via_handle_error``, its errors go
