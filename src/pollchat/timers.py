@@ -97,7 +97,8 @@ class TimerQueue:
     def _cancelled_one(self) -> None:
         self._cancelled += 1
         if self._cancelled >= _COMPACT_MIN and self._cancelled * 2 > len(self._heap):
-            self._heap[:] = [h for h in self._heap if not h.cancelled]  # in place: the loop holds it
+            # In place: the loop holds the list between passes.
+            self._heap[:] = [h for h in self._heap if not h.cancelled]
             heapq.heapify(self._heap)
             self._cancelled = 0
 
