@@ -304,3 +304,32 @@ def test_dispatcher_does_not_delegate_to_its_socket():
     assert d.socket.getsockname() == a.getsockname()
     d.close()
     b.close()
+
+
+def test_a_raising_predicate_goes_to_handle_error_not_out_of_the_loop(loop):
+    bad_a, bad_b = socket.socketpair()
+    good_a, good_b = socket.socketpair()
+    errors = []
+    got = []
+
+    class BadPredicate(Quiet):
+        def readable(self):
+            raise ZeroDivisionError("bug in readable()")
+
+        def handle_error(self):
+            errors.append(sys.exc_info()[1])
+            self.close()
+
+    class Good(Quiet):
+        def handle_read(self):
+            got.append(self.recv(10))
+
+    BadPredicate(bad_a, map=loop.map)
+    Good(good_a, map=loop.map)
+    good_b.send(b"ok")
+    run_until(loop, lambda: got)
+    assert got == [b"ok"]
+    assert len(errors) == 1 and isinstance(errors[0], ZeroDivisionError)
+    assert len(loop.map) == 1
+    for s in (bad_b, good_b):
+        s.close()
