@@ -78,3 +78,16 @@ def standin(backend_name):
     """True when ``backend_name`` runs on a stand-in here, not natively (for
     tests that start subprocesses, where the stand-in is not installed)."""
     return backend_name in STANDIN_BACKENDS
+
+
+@pytest.fixture
+def loop(backend_name):
+    """A :class:`pollchat.Loop` on ``backend_name`` with its own map; its
+    channels are closed and the loop released at teardown."""
+    import pollchat
+    from pollchat import asyncore
+
+    lp = pollchat.Loop(backend_name)
+    yield lp
+    asyncore.close_all(lp.map, ignore_all=True)
+    lp.close()

@@ -17,8 +17,8 @@ import time
 from typing import Any, List, Tuple
 
 import pytest
+from helpers import run_until
 
-import pollchat
 from pollchat import asynchat, asyncore, managed_interest
 from pollchat.chat import async_chat, find_prefix_at_end, simple_producer
 
@@ -117,24 +117,6 @@ def tcp_pair() -> Tuple[socket.socket, socket.socket]:
         client = socket.create_connection(listener.getsockname())
         server, _ = listener.accept()
     return client, server
-
-
-def run_until(loop: pollchat.Loop, predicate: Any, timeout: float = 10.0,
-              between: Any = None, step: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        loop.run_once(step)
-        if between is not None:
-            between()
-
-
-@pytest.fixture
-def loop(backend_name: str) -> Any:
-    lp = pollchat.Loop(backend_name, map={})
-    yield lp
-    asyncore.close_all(lp.map)
-    lp.close()
 
 
 # -- terminators ---------------------------------------------------------------------------

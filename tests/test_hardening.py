@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from helpers import run_until
 
 import pollchat
 from pollchat import asyncore
@@ -20,19 +21,8 @@ from pollchat import asyncore
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def loop(backend_name):
-    lp = pollchat.Loop(backend_name)
-    yield lp
-    asyncore.close_all(lp.map, ignore_all=True)
-    lp.close()
 
 
-def run_until(lp, predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        lp.run_once(0.01)
 
 
 class Quiet(asyncore.dispatcher):

@@ -10,6 +10,7 @@ import time
 
 import psutil
 import pytest
+from helpers import run_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,19 +20,8 @@ from pollchat import asynchat, asyncore
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def loop(backend_name):
-    lp = pollchat.Loop(backend_name)
-    yield lp
-    asyncore.close_all(lp.map, ignore_all=True)
-    lp.close()
 
 
-def run_until(lp, predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        lp.run_once(0.01)
 
 
 class Lines(asynchat.async_chat):

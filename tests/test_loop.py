@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from helpers import run_until
 from pollchat.backends import READ, WRITE
 
 import pollchat
@@ -36,12 +37,6 @@ class CountingBackend:
             self.calls[key] = 0
 
 
-@pytest.fixture
-def loop(backend_name):
-    lp = pollchat.Loop(backend_name)
-    yield lp
-    asyncore.close_all(lp.map)
-    lp.close()
 
 
 def spy(lp):
@@ -50,11 +45,6 @@ def spy(lp):
     return counting
 
 
-def run_until(lp, predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        lp.run_once(0.01)
 
 
 class Echo(asyncore.dispatcher_with_send):
