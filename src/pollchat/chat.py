@@ -244,11 +244,7 @@ class async_chat(dispatcher):
         if isinstance(term, (bytes, bytearray, memoryview)):
             return bytes(term)
         if isinstance(term, str):
-            if not self.use_encoding:
-                raise TypeError(
-                    f"the terminator must be bytes, not str ({term!r}): pass bytes, or "
-                    f"set use_encoding = True to have str encoded with {self.encoding!r}")
-            return term.encode(self.encoding)
+            return self._encode(term, f"the terminator ({term!r})")
         try:
             count = operator.index(term)
         except TypeError:
@@ -479,11 +475,7 @@ class async_chat(dispatcher):
         if isinstance(data, memoryview):
             return _byte_view(data)
         if isinstance(data, str):
-            if not self.use_encoding:
-                raise TypeError(
-                    f"push() takes bytes-like data, not str ({data[:40]!r}): encode it first, "
-                    f"or set use_encoding = True to have str encoded with {self.encoding!r}")
-            return data.encode(self.encoding)
+            return self._encode(data, f"data for push() ({data[:40]!r})")
         raise TypeError(f"push() takes bytes, bytearray or memoryview data, "
                         f"not {type(data).__name__}")
 
@@ -668,6 +660,8 @@ class async_chat(dispatcher):
             self._interest_changed()
 
     def _encode(self, text: str, what: str) -> bytes:
+        """``text`` encoded with ``encoding`` if ``use_encoding`` is set;
+        otherwise a ``TypeError`` saying what to do about ``what``."""
         if not self.use_encoding:
             raise TypeError(f"{what} must be bytes, not str: encode it, or set "
                             f"use_encoding = True to have str encoded with {self.encoding!r}")
