@@ -584,3 +584,17 @@ def test_interest_sync_happens_for_push_from_a_timer(loop):
     run_until(loop, drained, timeout=10)
     assert bytes(received) == big
     b.close()
+
+
+def test_stop_wakes_a_blocked_run_from_another_thread(loop):
+    a, b = socket.socketpair()
+    ch = asyncore.dispatcher(a, map=loop.map)
+    ch.writable = lambda: False
+    timer = threading.Timer(0.1, loop.stop)
+    timer.start()
+    start = time.monotonic()
+    loop.run(timeout=None)  # blocks in poll until stop() wakes it
+    timer.join()
+    assert time.monotonic() - start < 5
+    assert loop.map  # returned because of stop(), not an empty map
+    b.close()

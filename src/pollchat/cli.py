@@ -465,7 +465,10 @@ def _chat(ns: argparse.Namespace) -> int:
              shown, port, backend, origin, ns.max_line, limit_text)
 
     def terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # SIGTERM: the same clean shutdown as Ctrl-C
+        # SIGTERM: the same clean shutdown as Ctrl-C, but without raising
+        # into whatever code the signal interrupted: stop() wakes the loop,
+        # run() returns, and serve_forever() shuts down gracefully.
+        server.loop.stop()
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:

@@ -239,8 +239,12 @@ class Loop:
             self._waker.wake()
 
     def stop(self) -> None:
-        """Make :meth:`run` return after the current pass."""
+        """Make :meth:`run` return after the current pass, waking a poll
+        that is blocked.  Safe from another thread and from a signal
+        handler (the wake-up is one non-blocking write, no lock)."""
         self._stopping = True
+        if not self._closed:
+            self._waker.wake()
 
     # -- running --------------------------------------------------------------------
 
