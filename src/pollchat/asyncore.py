@@ -18,18 +18,20 @@ import types
 from typing import Any, Dict, Optional
 
 from . import loop as _loop
-from .backends import CLOSE_EVENTS, ERR, HUP, NVAL, PRI, READ, WRITE
+from .backends import ERR, HUP, NVAL, PRI, READ, WRITE
 from .channel import (
     close_all,
     compact_traceback,
     dispatcher,
     dispatcher_with_send,
 )
-from .channel import strerror as _strerror
-from .dispatch import DISCONNECTED as _DISCONNECTED
+
+# Imported under CPython's private names: programs and CPython's own tests use them.
+from .channel import strerror as _strerror  # noqa: F401
+from .dispatch import DISCONNECTED as _DISCONNECTED  # noqa: F401
 from .dispatch import ExitNow, dispatch, read, write
-from .dispatch import REraised as _reraised_exceptions
-from .dispatch import exception as _exception
+from .dispatch import REraised as _reraised_exceptions  # noqa: F401
+from .dispatch import exception as _exception  # noqa: F401
 
 try:
     from .channel import file_dispatcher, file_wrapper
@@ -39,10 +41,6 @@ except ImportError:  # pragma: no cover - not POSIX
 __all__ = ["ExitNow", "close_all", "compact_traceback", "dispatcher", "dispatcher_with_send",
            "file_dispatcher", "file_wrapper", "loop", "poll", "poll2", "poll3", "read",
            "readwrite", "socket_map", "write"]  # noqa: F822 (socket_map: a module property)
-
-# _DISCONNECTED, _reraised_exceptions, _strerror and _exception are imported
-# under CPython's private names because programs and CPython's own tests use them.
-_COMPAT_PRIVATE = (_DISCONNECTED, _reraised_exceptions, _strerror, _exception)
 
 
 def _poll_flags_to_events() -> Dict[int, int]:
@@ -72,32 +70,23 @@ def _run(map: Optional[Dict[Any, Any]], use_poll: bool, passes: Optional[int],
          timeout: Optional[float]) -> None:
     if map is None:
         map = _loop.get_socket_map()
+    if not map:
+        return  # as CPython's: nothing to do, and no loop made for it
     loop_ = _loop.get_loop(map, use_poll=use_poll)
     try:
-        if passes is None:
-            loop_.run(timeout, None, wait_for_timers=False)
-        else:
-            loop_.run(timeout, passes, wait_for_timers=False)
+        loop_.run(timeout, passes, wait_for_timers=False)
     finally:
         loop_._release_if_idle()
 
 
 def poll(timeout: Optional[float] = 0.0, map: Optional[Dict[Any, Any]] = None) -> None:
     """One pass over ``map``: wait up to ``timeout`` seconds, dispatch events."""
-    if map is None:
-        map = _loop.get_socket_map()
-    if not map:
-        return
     _run(map, False, 1, timeout)
 
 
 def poll2(timeout: Optional[float] = 0.0, map: Optional[Dict[Any, Any]] = None) -> None:
     """One pass over ``map`` (the same as :func:`poll`; the poller is the
     map's backend, not the function)."""
-    if map is None:
-        map = _loop.get_socket_map()
-    if not map:
-        return
     _run(map, True, 1, timeout)
 
 
@@ -131,4 +120,3 @@ class _AsyncoreModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _AsyncoreModule
-_CLOSE_EVENTS = CLOSE_EVENTS
