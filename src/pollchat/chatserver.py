@@ -364,7 +364,11 @@ class ChatServer(asyncore.dispatcher):
         and, if the server made its loop, the loop."""
         try:
             if not self._shutting_down:
-                self.loop.run(timeout=None)
+                # Not timeout=None: Python runs a signal handler only once the
+                # main thread wakes, and a signal the kernel hands to another
+                # thread does not interrupt its poll.  Waking once a second
+                # bounds how long Ctrl-C or SIGTERM can go unnoticed.
+                self.loop.run(timeout=1.0)
         except KeyboardInterrupt:
             logger.info("interrupted")
         self.shutdown()
