@@ -755,7 +755,12 @@ def test_choose_backend_precedence(monkeypatch):
     # explicit > environment > use_poll > auto
     assert backends.choose_backend("select", use_poll=True, environ={env: "poll"}) == "select"
     assert backends.choose_backend(None, use_poll=True, environ={env: "select"}) == "select"
-    assert backends.choose_backend(use_poll=True, environ={}) == "poll"
+    # use_poll=True means "not select": the best of the others
+    not_select = backends.pick_best(n for n in backends.available_backends() if n != "select")
+    assert backends.choose_backend(use_poll=True, environ={}) == not_select != "select"
+    assert backends.resolve_backend(use_poll=True, environ={}).origin == "use_poll=True"
+    assert backends.resolve_backend(environ={env: "poll"}).origin == f"${env}"
+    assert backends.resolve_backend("select", environ={}).origin == "argument"
     assert backends.choose_backend(environ={}) == best
     assert backends.choose_backend("auto", environ={env: "select"}) == best
     assert backends.choose_backend(environ={env: "auto"}) == best

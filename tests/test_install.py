@@ -459,7 +459,7 @@ def test_run_raises_the_open_file_limit_first_and_says_so(python):
     raised = info_of(out)["nofile"]
     assert raised > 512
     assert line.endswith(f"raised the soft open-file limit from 512 to {raised}")
-    assert "backend (auto, unless the program picks one)" in line
+    assert "backend (auto, unless the program picks one; use_poll=True gets it too)" in line
 
     status, out, err = run_pollchat(python, "run", "--no-raise-fd-limit", ECHO, "--info-only",
                                     preexec_fn=_lower_nofile(512))

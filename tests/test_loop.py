@@ -16,35 +16,33 @@ from pollchat import asyncore
 pytestmark = pytest.mark.timeout(30)
 
 
-class CountingBackend:
-    """Wraps a real backend and counts the calls the loop makes."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.calls = {"register": 0, "modify": 0, "unregister": 0, "poll": 0}
-
-    def __getattr__(self, name):
-        attr = getattr(self.inner, name)
-        if name in self.calls:
-            def counted(*args, **kwargs):
-                self.calls[name] += 1
-                return attr(*args, **kwargs)
-            return counted
-        return attr
-
-    def reset(self):
-        for key in self.calls:
-            self.calls[key] = 0
-
-
-
-
 def spy(lp):
-    counting = CountingBackend(lp.backend)
-    lp.backend = counting
-    return counting
+    """Count the backend calls ``lp`` makes from now on (the backend object
+    is shared by the loop and its interest tracker: its methods are wrapped
+    in place)."""
+    calls = {"register": 0, "modify": 0, "unregister": 0, "poll": 0}
+    backend = lp.backend
+    for name in calls:
+        method = getattr(backend, name)
+
+        def counted(*args, _name=name, _method=method, **kwargs):
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+        setattr(backend, name, counted)
+    return calls
 
 
+def count_predicate_checks(monkeypatch):
+    """Count how often the loop asks a channel what it wants (every ask of
+    readable()/writable() by the loop goes through wanted_events)."""
+    asked = []
+    original = pollchat.interest.wanted_events
+
+    def counting(channel):
+        asked.append(channel)
+        return original(channel)
+    monkeypatch.setattr(pollchat.interest, "wanted_events", counting)
+    return asked
 
 
 class Echo(asyncore.dispatcher_with_send):
@@ -79,52 +77,72 @@ class Predicates(asyncore.dispatcher):
         return True
 
 
-def test_idle_channels_cost_no_backend_calls_and_no_predicates(loop):
+def test_idle_channels_cost_no_backend_calls_and_no_predicates(loop, monkeypatch):
     server = Listener(loop.map)
     clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
     run_until(loop, lambda: len(server.accepted) == 20)
     loop.run_once(0)  # settle the interest of the new channels
-    counting = spy(loop)
-
-    asked = []
-    for channel in server.accepted:
-        channel.readable = None  # would raise if the loop called it
-        del channel.readable
-    original = Echo.writable
-
-    def tracking_writable(self):
-        asked.append(self)
-        return original(self)
-
-    pollchat.managed_interest(tracking_writable)
-    Echo.writable = tracking_writable
-    try:
-        for _ in range(50):
-            loop.run_once(0)
-    finally:
-        Echo.writable = original
-    assert counting.calls["poll"] == 50
-    assert counting.calls["register"] == counting.calls["modify"] == 0
-    assert counting.calls["unregister"] == 0
+    assert all(loop.registered_events(ch._fileno) & READ for ch in server.accepted)
+    calls = spy(loop)
+    asked = count_predicate_checks(monkeypatch)
+    for _ in range(50):
+        loop.run_once(0)
+    assert calls["poll"] == 50
+    assert calls["register"] == calls["modify"] == calls["unregister"] == 0
     assert asked == []
+    # The same passes in strict mode ask every channel every time: the
+    # counter above is able to see it.
+    loop._interest.strict = True
+    loop.run_once(0)
+    assert len(asked) == len(loop.map)
     for c in clients:
         c.close()
 
 
-def test_echo_round_trip_updates_interest_once_per_change(loop):
+def test_echo_round_trip_needs_no_interest_change(loop):
     server = Listener(loop.map)
     client = socket.create_connection(("127.0.0.1", server.port))
     run_until(loop, lambda: server.accepted)
     loop.run_once(0)
-    counting = spy(loop)
+    calls = spy(loop)
     client.sendall(b"ping")
     client.settimeout(5)
-    run_until(loop, lambda: not server.accepted[0].out_buffer and counting.calls["poll"] > 1)
+    run_until(loop, lambda: not server.accepted[0].out_buffer and calls["poll"] > 1)
     assert client.recv(10) == b"ping"
     # Data went out in the read handler itself: the channel never needed
     # WRITE interest, so no modify() call at all.
-    assert counting.calls["modify"] == 0
+    assert calls["modify"] == 0
     client.close()
+
+
+def test_output_that_waits_turns_write_interest_on_once_and_off_once(loop):
+    a, b = socket.socketpair()
+    ch = asyncore.dispatcher_with_send(a, map=loop.map)
+    ch.handle_read = lambda: None
+    loop.run_once(0)
+    assert loop.registered_events(ch._fileno) & (READ | WRITE) == READ
+    calls = spy(loop)
+    big = b"x" * (4 << 20)  # more than the socket takes at once
+    ch.send(big)
+    loop.run_once(0)
+    assert loop.registered_events(ch._fileno) & WRITE
+    assert calls["modify"] == 1
+    b.setblocking(False)
+    received = bytearray()
+
+    def drained():
+        try:
+            received.extend(b.recv(1 << 20))
+        except BlockingIOError:
+            pass
+        return len(received) == len(big)
+
+    run_until(loop, drained, timeout=10)
+    loop.run_once(0)
+    assert bytes(received) == big
+    assert loop.registered_events(ch._fileno) & (READ | WRITE) == READ
+    assert calls["modify"] == 2  # on once, off once, whatever the passes between
+    b.close()
 
 
 def test_overriding_channel_is_asked_each_pass_and_backend_told_on_change(loop):
@@ -146,18 +164,18 @@ def test_overriding_channel_is_asked_each_pass_and_backend_told_on_change(loop):
 
     gate = Gate(a, map=loop.map)
     loop.run_once(0)
-    counting = spy(loop)
+    calls = spy(loop)
     Gate.asked = 0
     b.send(b"x")
     for _ in range(5):
         loop.run_once(0)
     assert Gate.asked == 5
-    assert counting.calls["register"] == 0  # not readable: not registered
+    assert calls["register"] == 0  # not readable: not registered
     assert not hasattr(gate, "got")
     gate.open = True
     run_until(loop, lambda: hasattr(gate, "got"))
     assert gate.got == b"x"
-    assert counting.calls["register"] == 1
+    assert calls["register"] == 1
     gate.close()
     b.close()
 
@@ -567,7 +585,7 @@ def test_interest_sync_happens_for_push_from_a_timer(loop):
     ch = asyncore.dispatcher_with_send(a, map=loop.map)
     ch.handle_read = lambda: None
     loop.run_once(0)
-    assert loop._masks[ch._fileno] & WRITE == 0 and loop._masks[ch._fileno] & READ
+    assert loop.registered_events(ch._fileno) & (READ | WRITE) == READ
     big = b"x" * (4 << 20)  # more than the socket takes at once
 
     loop.call_later(0, ch.send, big)

@@ -28,10 +28,12 @@ from ._base import (
     BackendError,
     EventList,
     FDSetSizeError,
+    FileObj,
     NativeEvents,
     NotRegisteredError,
     UnknownBackendError,
     event_names,
+    fd_of,
 )
 from .pollers import FD_SETSIZE, DevpollBackend, KqueueBackend, SelectBackend
 from .registry import (
@@ -39,6 +41,7 @@ from .registry import (
     ENTRY_POINT_GROUP,
     ENV_VAR,
     PREFERENCE,
+    BackendChoice,
     BackendInfo,
     all_backends,
     available_backends,
@@ -50,16 +53,18 @@ from .registry import (
     make_backend,
     pick_best,
     register_backend,
+    resolve_backend,
 )
 
 __all__ = [
     "ALL_EVENTS", "AUTO", "CLOSE_EVENTS", "ENTRY_POINT_GROUP", "ENV_VAR", "ERR", "FD_SETSIZE",
     "HUP", "INTEREST", "NVAL", "PREFERENCE", "PRI", "READ", "WRITE",
-    "AlreadyRegisteredError", "Backend", "BackendError", "BackendInfo", "DevpollBackend",
-    "EventList", "FDSetSizeError", "KqueueBackend", "NativeEvents", "NotRegisteredError",
+    "AlreadyRegisteredError", "Backend", "BackendChoice", "BackendError", "BackendInfo",
+    "DevpollBackend", "EventList", "FDSetSizeError", "FileObj", "KqueueBackend", "NativeEvents",
+    "NotRegisteredError",
     "SelectBackend", "UnknownBackendError", "all_backends", "available_backends",
-    "backend_status", "best_backend", "choose_backend", "event_names", "fd_limits",
-    "get_backend", "make_backend", "pick_best", "register_backend",
+    "backend_status", "best_backend", "choose_backend", "event_names", "fd_limits", "fd_of",
+    "get_backend", "make_backend", "pick_best", "register_backend", "resolve_backend",
 ]
 
 # Defined only where the kernel has them.

@@ -5,7 +5,8 @@ bits instead of the kernel's flags, and that keeps apart what the
 :mod:`selectors` module folds together: ``selectors`` reports a hang-up or an
 error as "readable and writable", and never watches for priority (out-of-band)
 data.  asyncore needs each of those to reach a different handler, so the
-backends here extend the ``selectors`` classes rather than lose the
+backends here implement the :class:`selectors.BaseSelector` contract (public
+API only) over the kernel objects themselves rather than lose the
 information.
 
 Neutral events (plain ``int`` bits, cheap to test on the hot path):
@@ -29,7 +30,8 @@ from __future__ import annotations
 
 import errno
 import selectors
-from typing import ClassVar, List, Optional, Tuple
+from types import MappingProxyType
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 READ = selectors.EVENT_READ  # 1
 WRITE = selectors.EVENT_WRITE  # 2
@@ -54,6 +56,8 @@ _GONE_ERRNOS = frozenset({errno.EBADF, errno.ENOENT})
 
 #: What :meth:`Backend.poll` returns: ``(fd, neutral events)`` pairs.
 EventList = List[Tuple[int, int]]
+#: What can be registered: an fd, or an object with a ``fileno()`` method.
+FileObj = Union[int, Any]
 
 
 def event_names(events: int) -> str:
@@ -92,14 +96,16 @@ class FDSetSizeError(BackendError, ValueError):
     """select() cannot watch this fd: it is at or above ``FD_SETSIZE``."""
 
 
-class Backend(selectors._BaseSelectorImpl):
+class Backend(selectors.BaseSelector):
     """A poller: persistent registrations, neutral events.
 
     Subclasses are mostly data (``name``, what they can report) plus three
-    small kernel hooks.  The fd-to-key bookkeeping, ``get_key()``,
-    ``get_map()`` and the context-manager protocol come from
-    :class:`selectors._BaseSelectorImpl`, the base of every selector in the
-    standard library.
+    small kernel hooks.  This class keeps the fd-to-key table
+    (:class:`selectors.SelectorKey` entries, as every standard selector
+    does), and implements the rest of the :class:`selectors.BaseSelector`
+    contract on top of it.  Only the public ``selectors`` API is used: the
+    standard selectors' private bookkeeping has changed between Python
+    versions, and this layer must not move with it.
 
     Bookkeeping follows the kernel: a registration is recorded only after the
     kernel accepted it, and a modification only after it succeeded.
@@ -117,9 +123,18 @@ class Backend(selectors._BaseSelectorImpl):
     #: One line on what the backend cannot tell apart.
     limits: ClassVar[str] = ""
 
+    def __init__(self) -> None:
+        # fd -> SelectorKey.  The one registration table: the loop stores
+        # its channel in each key's ``data`` and reads the table through
+        # get_map(), a live read-only view.
+        self._keys: Dict[int, selectors.SelectorKey] = {}
+        self._keys_view: Optional[Mapping[int, selectors.SelectorKey]] = MappingProxyType(
+            self._keys)
+
     # -- the public contract ------------------------------------------------
 
-    def register(self, fileobj, events: int, data=None) -> selectors.SelectorKey:
+    def register(self, fileobj: FileObj, events: int,
+                 data: Any = None) -> selectors.SelectorKey:
         """Start watching ``fileobj`` (an fd or an object with ``fileno()``).
 
         ``events`` is a non-zero mask of ``READ``, ``WRITE`` and ``PRI``.
@@ -132,9 +147,9 @@ class Backend(selectors._BaseSelectorImpl):
             FDSetSizeError: (select only) the fd is too large for select().
             OSError: the kernel refused the fd.
         """
-        fd = self._checked_fd(fileobj)
+        fd = fd_of(fileobj)
         self._check_events(events)
-        if fd in self._fd_to_key:
+        if fd in self._keys:
             raise AlreadyRegisteredError(
                 f"fd {fd} is already registered with the {self.name} backend; "
                 "call modify() to change its events or unregister() it first")
@@ -145,10 +160,11 @@ class Backend(selectors._BaseSelectorImpl):
                 "(POLLCHAT_BACKEND=epoll, or backend='poll')")
         self._kernel_register(fd, events)
         key = selectors.SelectorKey(fileobj, fd, events, data)
-        self._fd_to_key[fd] = key
+        self._keys[fd] = key
         return key
 
-    def modify(self, fileobj, events: int, data=None) -> selectors.SelectorKey:
+    def modify(self, fileobj: FileObj, events: int,
+               data: Any = None) -> selectors.SelectorKey:
         """Change the events (and data) watched for a registered ``fileobj``.
 
         Raises:
@@ -157,19 +173,19 @@ class Backend(selectors._BaseSelectorImpl):
             OSError: the kernel refused the change (the registration is kept
                 as it was).
         """
-        fd = self._checked_fd(fileobj)
-        key = self._fd_to_key.get(fd)
+        fd = fd_of(fileobj)
+        key = self._keys.get(fd)
         if key is None:
             raise NotRegisteredError(f"fd {fd} is not registered with the {self.name} backend")
         self._check_events(events)
         if events != key.events:
             self._kernel_modify(fd, key.events, events)
-        if events != key.events or data is not key.data:
-            key = key._replace(events=events, data=data)
-            self._fd_to_key[fd] = key
+        if events != key.events or data is not key.data or fileobj is not key.fileobj:
+            key = selectors.SelectorKey(fileobj, fd, events, data)
+            self._keys[fd] = key
         return key
 
-    def unregister(self, fileobj) -> selectors.SelectorKey:
+    def unregister(self, fileobj: FileObj) -> selectors.SelectorKey:
         """Stop watching ``fileobj``; return its key.
 
         Lenient by design: the fd may already be closed (or closed and
@@ -181,11 +197,11 @@ class Backend(selectors._BaseSelectorImpl):
                 unregistered).
         """
         try:
-            fd = self._fileobj_lookup(fileobj)
+            fd = fd_of(fileobj)
         except ValueError:
             # A closed socket reports fileno() == -1: find it by identity.
-            fd = next((k.fd for k in self._fd_to_key.values() if k.fileobj is fileobj), -1)
-        key = self._fd_to_key.pop(fd, None)
+            fd = next((k.fd for k in self._keys.values() if k.fileobj is fileobj), -1)
+        key = self._keys.pop(fd, None)
         if key is None:
             raise NotRegisteredError(f"{fileobj!r} is not registered with the {self.name} backend")
         try:
@@ -205,9 +221,10 @@ class Backend(selectors._BaseSelectorImpl):
         """
         raise NotImplementedError
 
-    def select(self, timeout: Optional[float] = None):
-        """:meth:`selectors.BaseSelector.select`, with neutral event bits."""
-        get = self._fd_to_key.get
+    def select(self, timeout: Optional[float] = None) -> List[Tuple[selectors.SelectorKey, int]]:
+        """:meth:`selectors.BaseSelector.select`, with neutral event bits:
+        ``[(key, events), ...]`` for the registered fds that are ready."""
+        get = self._keys.get
         ready = []
         for fd, events in self.poll(timeout):
             key = get(fd)
@@ -215,34 +232,39 @@ class Backend(selectors._BaseSelectorImpl):
                 ready.append((key, events))
         return ready
 
+    def get_key(self, fileobj: FileObj) -> selectors.SelectorKey:
+        """The key of a registered ``fileobj``.
+
+        Raises:
+            KeyError: not registered.
+            RuntimeError: the backend is closed.
+        """
+        if self._keys_view is None:
+            raise RuntimeError(f"the {self.name} backend is closed")
+        try:
+            return self._keys[fd_of(fileobj)]
+        except (KeyError, ValueError):
+            raise KeyError(f"{fileobj!r} is not registered") from None
+
+    def get_map(self) -> Mapping[int, selectors.SelectorKey]:  # type: ignore[override]
+        """A live, read-only mapping of fd -> key (``None`` once closed, as
+        for the standard selectors).  Indexing it is O(1); it is the table the
+        loop reads on every event."""
+        return self._keys_view  # type: ignore[return-value]
+
     def close(self) -> None:
         """Release the kernel object and forget every registration."""
-        super().close()
+        self._keys.clear()
+        self._keys_view = None
 
     def describe(self) -> str:
         """One line: name and the events it reports."""
         return f"{self.name}: reports {event_names(self.reports)}"
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name} fds={len(self._fd_to_key)}>"
+        return f"<{type(self).__name__} {self.name} fds={len(self._keys)}>"
 
     # -- helpers and hooks ----------------------------------------------------
-
-    def _checked_fd(self, fileobj) -> int:
-        if not isinstance(fileobj, int) and not hasattr(fileobj, "fileno"):
-            # selectors would say ValueError; it is the wrong type of thing.
-            raise TypeError(f"cannot watch {fileobj!r}: pass an int fd or an object with a "
-                            "fileno() method")
-        try:
-            return self._fileobj_lookup(fileobj)
-        except ValueError:
-            raise ValueError(
-                f"cannot watch {fileobj!r}: it has no valid file descriptor "
-                "(is it closed?)") from None
-        except (AttributeError, TypeError):
-            raise TypeError(
-                f"cannot watch {fileobj!r}: pass an int fd or an object with a "
-                "fileno() method") from None
 
     @staticmethod
     def _check_events(events: int) -> None:
@@ -264,7 +286,31 @@ class Backend(selectors._BaseSelectorImpl):
         raise NotImplementedError
 
 
-class NativeEvents(dict):
+def fd_of(fileobj: FileObj) -> int:
+    """The file descriptor of ``fileobj``: an int, or an object with ``fileno()``.
+
+    Raises:
+        TypeError: neither an int nor an object with a working ``fileno()``.
+        ValueError: a negative fd (a closed socket reports -1).
+    """
+    if isinstance(fileobj, int) and not isinstance(fileobj, bool):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())  # type: ignore[union-attr]
+        except (AttributeError, TypeError):
+            # selectors would say ValueError; it is the wrong type of thing.
+            raise TypeError(f"cannot watch {fileobj!r}: pass an int fd or an object with a "
+                            "fileno() method") from None
+        except ValueError:
+            fd = -1  # fileno() of a closed file object
+    if fd < 0:
+        raise ValueError(f"cannot watch {fileobj!r}: it has no valid file descriptor "
+                         "(is it closed?)")
+    return fd
+
+
+class NativeEvents(Dict[int, int]):
     """Native-to-neutral event translation, one dict lookup per event.
 
     Built from ``((native_bit, neutral_bit), ...)``.  A combination of native
@@ -273,7 +319,7 @@ class NativeEvents(dict):
     are ignored.
     """
 
-    def __init__(self, pairs):
+    def __init__(self, pairs: Iterable[Tuple[int, int]]) -> None:
         super().__init__()
         self.pairs = tuple(pairs)
 

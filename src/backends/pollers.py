@@ -31,9 +31,8 @@ import errno
 import math
 import os
 import select
-import selectors
 import stat
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Set
 
 from ._base import (
     ERR,
@@ -46,6 +45,12 @@ from ._base import (
     EventList,
     NativeEvents,
 )
+
+# `select` is the binding that pollchat.asyncore rebinds when a program
+# assigns asyncore.select (CPython's poll() and poll2() looked select.select
+# and select.poll up there): the select and poll backends use it.  The others
+# use the module itself, whatever that binding becomes.
+_kernels = select
 
 #: select()'s limit on fd values on POSIX systems (glibc, the BSDs, macOS).
 #: Python does not export it; every POSIX libc we know of uses 1024.
@@ -75,7 +80,7 @@ def _seconds(timeout: Optional[float]) -> Optional[float]:
     return min(max(timeout, 0), _MAX_WAIT)
 
 
-class SelectBackend(Backend, selectors.SelectSelector):
+class SelectBackend(Backend):
     """select(2): everywhere, but only fds below ``FD_SETSIZE``."""
 
     name = "select"
@@ -86,10 +91,13 @@ class SelectBackend(Backend, selectors.SelectSelector):
 
     def __init__(self) -> None:
         super().__init__()
-        self._priority = set()  # fds watched for exceptional conditions
+        # select() takes the three sets afresh on every call: these are the
+        # whole "kernel" state.
+        self._readers: Set[int] = set()
+        self._writers: Set[int] = set()
+        self._priority: Set[int] = set()  # fds watched for exceptional conditions
 
     def _kernel_register(self, fd: int, events: int) -> None:
-        # No syscall: select() takes the sets afresh on every call.
         self._kernel_modify(fd, 0, events)
 
     def _kernel_modify(self, fd: int, old: int, new: int) -> None:
@@ -111,7 +119,7 @@ class SelectBackend(Backend, selectors.SelectSelector):
             # not say which: find them, so the caller can drop just those.
             if exc.errno != errno.EBADF:
                 raise
-            return [(fd, NVAL) for fd in self._fd_to_key if _is_closed(fd)]
+            return [(fd, NVAL) for fd in self._keys if _is_closed(fd)]
         ready: Dict[int, int] = dict.fromkeys(readable, READ)
         for fd in writable:
             ready[fd] = ready.get(fd, 0) | WRITE
@@ -130,11 +138,21 @@ def _is_closed(fd: int) -> bool:
 
 class _PollLikeBackend(Backend):
     """poll(2), epoll(7) and /dev/poll: a kernel object with
-    register/modify/unregister/poll and poll-style flags."""
+    register/modify/unregister/poll and poll-style flags.
+
+    A subclass is data: ``_FLAGS`` (native <-> neutral) and ``_new_kernel``
+    (makes the kernel object), as ``selectors._PollLikeSelector`` does.
+    """
 
     #: ``((native bit, neutral bit), ...)``: interest bits first.
     _FLAGS: NativeEvents
-    _selector: object
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._selector: Any = self._new_kernel()
+
+    def _new_kernel(self) -> Any:
+        raise NotImplementedError
 
     def _kernel_register(self, fd: int, events: int) -> None:
         self._selector.register(fd, self._FLAGS.to_native(events))
@@ -151,12 +169,13 @@ class _PollLikeBackend(Backend):
 
 
 def _poll_flags() -> NativeEvents:
-    return NativeEvents(((select.POLLIN, READ), (select.POLLOUT, WRITE), (select.POLLPRI, PRI),
-                         (select.POLLHUP, HUP), (select.POLLERR, ERR), (select.POLLNVAL, NVAL)))
+    k = _kernels
+    return NativeEvents(((k.POLLIN, READ), (k.POLLOUT, WRITE), (k.POLLPRI, PRI),
+                         (k.POLLHUP, HUP), (k.POLLERR, ERR), (k.POLLNVAL, NVAL)))
 
 
 if hasattr(select, "poll"):
-    class PollBackend(_PollLikeBackend, selectors.PollSelector):
+    class PollBackend(_PollLikeBackend):
         """poll(2): no fd limit; O(n) per call in the kernel."""
 
         name = "poll"
@@ -164,24 +183,33 @@ if hasattr(select, "poll"):
         limits = "every call hands the kernel every fd (O(n))"
         _FLAGS = _poll_flags()
 
+        def _new_kernel(self) -> Any:
+            return select.poll()
+
 
 if hasattr(select, "epoll"):
-    class EpollBackend(_PollLikeBackend, selectors.EpollSelector):
+    class EpollBackend(_PollLikeBackend):
         """epoll(7), Linux: registrations live in the kernel; O(ready) per call."""
 
         name = "epoll"
         reports = READ | WRITE | PRI | HUP | ERR
         kernel_registry = True
         limits = "a closed fd silently leaves the set (no NVAL); regular files always ready"
-        _FLAGS = NativeEvents(((select.EPOLLIN, READ), (select.EPOLLOUT, WRITE),
-                               (select.EPOLLPRI, PRI), (select.EPOLLHUP, HUP),
-                               (select.EPOLLERR, ERR)))
+        _FLAGS = NativeEvents(((_kernels.EPOLLIN, READ), (_kernels.EPOLLOUT, WRITE),
+                               (_kernels.EPOLLPRI, PRI), (_kernels.EPOLLHUP, HUP),
+                               (_kernels.EPOLLERR, ERR)))
 
         def __init__(self) -> None:
             super().__init__()
             # Regular files that epoll refused: {fd: events}, reported ready
             # on every poll, as poll(2) and select(2) report them.
             self._always_ready: Dict[int, int] = {}
+
+        def _new_kernel(self) -> Any:
+            return _kernels.epoll()
+
+        def fileno(self) -> int:
+            return int(self._selector.fileno())
 
         def _kernel_register(self, fd: int, events: int) -> None:
             try:
@@ -190,8 +218,8 @@ if hasattr(select, "epoll"):
                 # EPERM: "The target file fd does not support epoll" (regular
                 # files, directories).  Twisted falls back the same way
                 # (_ContinuousPolling).
-                if not stat.S_ISREG(os.fstat(fd).st_mode) and not stat.S_ISDIR(
-                        os.fstat(fd).st_mode):
+                mode = os.fstat(fd).st_mode
+                if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
                     raise
                 self._always_ready[fd] = events
 
@@ -206,9 +234,7 @@ if hasattr(select, "epoll"):
                 super()._kernel_unregister(fd, events)
 
         def poll(self, timeout: Optional[float] = None) -> EventList:
-            timeout = _seconds(timeout)
-            if timeout is None:
-                timeout = -1
+            wait = _seconds(timeout)
             live = None
             if self._always_ready:
                 # A closed file would be "ready" forever: epoll itself drops
@@ -217,23 +243,27 @@ if hasattr(select, "epoll"):
                         for fd, events in self._always_ready.items()
                         if events & (READ | WRITE) and not _is_closed(fd)}
                 if live:
-                    timeout = 0
+                    wait = 0
             flags = self._FLAGS
-            # maxevents is left at its default (FD_SETSIZE - 1): a larger
-            # buffer would be allocated on every call; with level-triggered
-            # epoll, anything left over is reported by the next call.
-            ready = [(fd, flags[native]) for fd, native in self._selector.poll(timeout)]
+            # maxevents is left at its default (FD_SETSIZE - 1): with
+            # level-triggered epoll, anything left over is reported by the
+            # next call.
+            ready = [(fd, flags[native])
+                     for fd, native in self._selector.poll(-1 if wait is None else wait)]
             if live:
                 ready.extend(live.items())
             return ready
 
+        def close(self) -> None:
+            self._selector.close()
+            super().close()
 
-class DevpollBackend(_PollLikeBackend, selectors._PollLikeSelector):
+
+class DevpollBackend(_PollLikeBackend):
     """Solaris/illumos /dev/poll.
 
-    Built on the same ``selectors`` base as ``selectors.DevpollSelector``,
-    with the kernel class looked up when the backend is created (not when
-    this module is imported) so that tests on other systems can stand in a
+    The kernel class is looked up when the backend is created (not when this
+    module is imported) so that tests on other systems can stand in a
     faithful ``select.devpoll``.
     """
 
@@ -246,12 +276,11 @@ class DevpollBackend(_PollLikeBackend, selectors._PollLikeSelector):
         self._FLAGS = _poll_flags()
         super().__init__()
 
-    @staticmethod
-    def _selector_cls():
-        return select.devpoll()
+    def _new_kernel(self) -> Any:
+        return _kernels.devpoll()  # type: ignore[attr-defined]
 
     def fileno(self) -> int:
-        return self._selector.fileno()
+        return int(self._selector.fileno())
 
     def close(self) -> None:
         self._selector.close()
@@ -275,14 +304,14 @@ class KqueueBackend(Backend):
 
     def __init__(self) -> None:
         super().__init__()
-        self._selector = select.kqueue()
-        self._kevent = select.kevent
-        self._read_filter = select.KQ_FILTER_READ
-        self._write_filter = select.KQ_FILTER_WRITE
-        self._add = select.KQ_EV_ADD
-        self._delete = select.KQ_EV_DELETE
-        self._eof = select.KQ_EV_EOF
-        self._error = select.KQ_EV_ERROR
+        self._selector = _kernels.kqueue()
+        self._kevent = _kernels.kevent
+        self._read_filter = _kernels.KQ_FILTER_READ
+        self._write_filter = _kernels.KQ_FILTER_WRITE
+        self._add = _kernels.KQ_EV_ADD
+        self._delete = _kernels.KQ_EV_DELETE
+        self._eof = _kernels.KQ_EV_EOF
+        self._error = _kernels.KQ_EV_ERROR
         self._filters = 0  # how many filters are registered: the most events one poll can return
 
     def fileno(self) -> int:

@@ -4,7 +4,8 @@ Selection, in this order (see :func:`choose_backend`):
 
 1. an explicit name passed by the program;
 2. the ``POLLCHAT_BACKEND`` environment variable;
-3. the legacy ``use_poll=True`` hint of ``asyncore.loop()``, meaning ``poll``;
+3. the legacy ``use_poll=True`` hint of ``asyncore.loop()``, meaning "not
+   select": the best backend other than ``select``;
 4. ``auto``: the best this platform has (:func:`pick_best`).
 
 An unknown or unavailable name is an error naming the valid choices; there is
@@ -210,33 +211,58 @@ def get_backend(name: str) -> BackendFactory:
     return _registry[name].factory
 
 
-def choose_backend(name: Optional[str] = None, *, use_poll: bool = False,
-                   environ: Optional[Mapping[str, str]] = None) -> str:
-    """Resolve the backend name by pollchat's precedence (module docstring).
+class BackendChoice(NamedTuple):
+    """What :func:`resolve_backend` decided, and why."""
 
-    Returns a concrete, available name (never ``'auto'``).
+    name: str  # a concrete, available backend name (never 'auto')
+    origin: str  # what decided: 'argument', '$POLLCHAT_BACKEND', 'use_poll=True' or 'auto'
+
+    def describe(self) -> str:
+        """The choice as a user reads it: ``'epoll (auto: the best here)'``."""
+        why = {"argument": "requested", "auto": "auto: the best here",
+               "use_poll=True": "use_poll=True: the best here other than select"}
+        return f"{self.name} ({why.get(self.origin, 'from ' + self.origin)})"
+
+
+def resolve_backend(name: Optional[str] = None, *, use_poll: bool = False,
+                    environ: Optional[Mapping[str, str]] = None) -> BackendChoice:
+    """Resolve the backend by pollchat's precedence (module docstring) and
+    say what decided.
+
+    ``use_poll=True`` is the legacy ``asyncore.loop()`` argument.  It meant
+    "not select()"; it now picks the best backend other than ``select``
+    (epoll, kqueue, devpoll or poll), so legacy programs that pass it keep the
+    scaling instead of getting poll(2)'s O(n) passes.
 
     Raises:
+        TypeError: ``name`` is not a str.
         UnknownBackendError: the name that decides is unknown or unavailable.
     """
     if environ is None:
         environ = os.environ
     if name is not None:
-        origin = "requested"
+        origin = "argument"
     elif environ.get(ENV_VAR, "").strip():
-        name, origin = environ[ENV_VAR], f"from ${ENV_VAR}"
+        name, origin = environ[ENV_VAR], f"${ENV_VAR}"
     elif use_poll:
-        name, origin = "poll", "from use_poll=True"
+        scalable = [n for n in available_backends() if n != "select"]
+        return BackendChoice(pick_best(scalable) if scalable else "select", "use_poll=True")
     else:
-        name, origin = AUTO, "default"
+        return BackendChoice(best_backend(), AUTO)
     if not isinstance(name, str):
         raise TypeError(f"backend name must be a str, not {type(name).__name__}")
     name = name.strip().lower()
     if name == AUTO:
-        return best_backend()
+        return BackendChoice(best_backend(), AUTO)
     if not _is_available(name):
-        raise _unknown(name, origin)
-    return name
+        raise _unknown(name, "requested" if origin == "argument" else f"from {origin}")
+    return BackendChoice(name, origin)
+
+
+def choose_backend(name: Optional[str] = None, *, use_poll: bool = False,
+                   environ: Optional[Mapping[str, str]] = None) -> str:
+    """The name :func:`resolve_backend` picks (a concrete, available name)."""
+    return resolve_backend(name, use_poll=use_poll, environ=environ).name
 
 
 def make_backend(name: Union[str, Backend, None] = None, *, use_poll: bool = False,
@@ -259,6 +285,3 @@ def fd_limits() -> Tuple[Optional[int], Optional[int]]:
     return (None if soft == inf else soft), (None if hard == inf else hard)
 
 
-def environ_backend() -> Optional[str]:
-    """The raw value of ``POLLCHAT_BACKEND`` (``None`` when unset or empty)."""
-    return os.environ.get(ENV_VAR, "").strip() or None

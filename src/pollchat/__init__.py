@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 from ._install import ModuleAlreadyImportedError, install, raise_fd_limit
 from .chat import InputLimitExceeded
-from .loop import Loop, get_loop, managed_interest
+from .interest import managed_interest
+from .loop import Loop, get_loop
 from .timers import TimerHandle
 
 __version__ = "0.1.0"

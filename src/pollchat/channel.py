@@ -1,19 +1,30 @@
-"""Channels: asyncore's ``dispatcher`` family, wired to the loop's interest
-tracking.
+"""Channels: asyncore's ``dispatcher`` and ``dispatcher_with_send``.
 
-The classes behave as CPython 3.11's; the differences are internal: a channel
-tells its loop when its ``readable()``/``writable()`` answer may change
-(:meth:`dispatcher._interest_changed`), so that the loop need not ask every
-channel on every pass.
+The classes behave as CPython 3.11's.  What differs is internal: a channel
+tells its loop when what its ``readable()``/``writable()`` read may have
+changed, so that the loop need not ask every channel on every pass.  The
+state those predicates read is *observed where it is stored*: ``connected``,
+``accepting``, ``connecting`` (and ``out_buffer``, ``producer_fifo`` on the
+subclasses) are properties whose setters tell the loop, so legacy code that
+assigns them directly works unchanged.  The library's own code reads and
+writes the ``_pc_*`` slots behind them (a plain attribute load on the hot
+path), and reports changes itself.
+
+Module globals are looked up at run time where CPython's asyncore looked them
+up (``socket`` in :meth:`dispatcher.create_socket`, the errno names in
+``send()``/``recv()``...): :mod:`pollchat.asyncore` forwards a rebinding of
+its own globals here, so ``asyncore.socket = fake_socket_module`` works as it
+does with CPython's module.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import socket
 import sys
-import warnings
+import time
 from errno import (
     EAGAIN,
     EALREADY,
@@ -32,56 +43,120 @@ from errno import (
 )
 from typing import Any, Dict, Optional, Tuple
 
-from . import loop as _loop
-from .dispatch import DISCONNECTED, REraised
-from .loop import managed_interest
+from . import maps
+from .dispatch import DISCONNECTED, REraised, compact_traceback
+from .dispatch import strerror as _strerror
+from .interest import managed_interest
 
-__all__ = ["dispatcher", "dispatcher_with_send", "file_wrapper", "file_dispatcher",
-           "compact_traceback", "close_all", "strerror"]
+__all__ = ["close_all", "dispatcher", "dispatcher_with_send", "managed_predicate", "observed",
+           "overridable"]
+
+logger = logging.getLogger("pollchat")
+
+# The real socket class, for checks that must not follow a rebinding of the
+# module global `socket` (a test's fake socket module has no such class).
+_socket_class = socket.socket
 
 # repr() shows the legacy module names, as programs written for asyncore
 # print and parse them: '<asyncore.dispatcher at 0x...>'.
 _LEGACY_MODULES = {"pollchat.channel": "asyncore", "pollchat.asyncore": "asyncore",
+                   "pollchat.files": "asyncore",
                    "pollchat.chat": "asynchat", "pollchat.asynchat": "asynchat"}
-
-_loops_get = _loop._loops.get
-
-logger = logging.getLogger("pollchat")
 
 # accept() failures that mean "out of resources for now", not "this listener
 # is broken": back off instead of closing the listener (asyncio and gevent do
 # the same).  CPython's asyncore sent them to handle_error(), which closed it.
 _ACCEPT_RESOURCE_ERRNOS = frozenset({EMFILE, ENFILE, ENOBUFS, ENOMEM})
+# At most one log line per listener per this many seconds about connections
+# refused because select() cannot watch their fds.
+_REFUSED_LOG_INTERVAL = 10.0
+
+#: id() of each of the library's observed-attribute properties (they live as
+#: long as their classes) -> the slot behind it.
+_OBSERVED: Dict[int, str] = {}
 
 
-def strerror(err: int) -> str:
-    """``os.strerror(err)``, never failing (bpo-8573)."""
-    try:
-        return os.strerror(err)
-    except (ValueError, OverflowError, NameError):
-        return errorcode.get(err, f"Unknown error {err}")
+def observed(name: str, doc: str, getter: Any = None, setter: Any = None) -> property:
+    """A channel attribute whose changes its loop must hear of.
 
-
-def compact_traceback() -> Tuple[Tuple[str, str, str], Any, Any, str]:
-    """Summarize the exception being handled.
-
-    Returns ``((file, function, line), type, value, info)`` where the first
-    item names the innermost frame and ``info`` is every frame as
-    ``[file|function|line]`` joined by spaces.
-
-    Raises:
-        AssertionError: no exception is being handled.
+    Reading is a C-level attribute load of the ``_pc_<name>`` slot (unless a
+    ``getter`` is given); an assignment stores there and calls
+    ``_interest_changed()`` (unless a ``setter`` is given, which must).
     """
-    exc_type, value, tb = sys.exc_info()
-    if tb is None:
-        raise AssertionError("traceback does not exist")
-    frames = []
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        frames.append((code.co_filename, code.co_name, str(tb.tb_lineno)))
-        tb = tb.tb_next
-    info = " ".join("[%s|%s|%s]" % frame for frame in frames)
-    return frames[-1], exc_type, value, info
+    slot = "_pc_" + name
+
+    def store(self: Any, value: Any) -> None:
+        setattr(self, slot, value)
+        self._interest_changed()
+
+    prop = property(getter or operator.attrgetter(slot), setter or store, doc=doc)
+    _OBSERVED[id(prop)] = slot
+    return prop
+
+
+def _slot_of(value: Any) -> Optional[str]:
+    return _OBSERVED.get(id(value)) if isinstance(value, property) else None
+
+
+class overridable:
+    """A method that notices when an instance replaces it.
+
+    ``obj.method = f`` (or ``mock.patch.object(obj, "method")``) calls
+    ``on_override(obj)``, so the library can stop relying on the stock
+    method for that instance, and the instance's replacement is what
+    ``obj.method`` gives from then on; ``del obj.method`` restores the stock
+    one.  Class access (``cls.method``) gives the plain function, as for any
+    method, so subclasses override it the usual way.  Reading it from an
+    instance costs a Python-level call: for methods the library does not
+    call on its hot path.
+    """
+
+    def __init__(self, func: Any, on_override: Any) -> None:
+        self.func = func
+        self.on_override = on_override
+        self.slot = "_pc_replaced_" + func.__name__
+        self.__doc__ = func.__doc__
+        self.__name__ = func.__name__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        setattr(owner, self.slot, None)
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        if obj is None:
+            return self.func
+        replaced = getattr(obj, self.slot)
+        return replaced if replaced is not None else self.func.__get__(obj, owner)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj, self.slot, value)
+        self.on_override(obj)
+
+    def __delete__(self, obj: Any) -> None:
+        if getattr(obj, self.slot) is None:
+            raise AttributeError(self.__name__)
+        setattr(obj, self.slot, None)
+
+
+def _predicate_replaced(channel: Any) -> None:
+    # An instance's own readable()/writable(): ask it on every pass.
+    channel._pc_unobserved = True
+    channel._interest_changed()
+
+
+def managed_predicate(func: Any) -> overridable:
+    """The library's ``readable``/``writable``: trusted by the loop
+    (:func:`~pollchat.interest.managed_interest`) until an instance replaces
+    it, which makes the loop ask that channel on every pass."""
+    return overridable(managed_interest(func), _predicate_replaced)
+
+
+def _observed_slot(cls: type, name: str) -> Optional[str]:
+    """The slot behind ``name`` if a base of ``cls`` defines it as one of the
+    library's observed attributes."""
+    for base in cls.__mro__[1:]:
+        if name in base.__dict__:
+            return _slot_of(base.__dict__[name])
+    return None
 
 
 class dispatcher:
@@ -92,11 +167,8 @@ class dispatcher:
     """
 
     debug = False
-    connected = False
-    accepting = False
-    connecting = False
     closing = False
-    addr = None
+    addr: Any = None
     ignore_log_types = frozenset({"warning"})
     #: Seconds without any event after which ``handle_timeout()`` runs
     #: (``None``: never).  Read when the channel joins a loop's map; change
@@ -106,25 +178,56 @@ class dispatcher:
     #: of resources (``EMFILE``, ``ENFILE``, ``ENOBUFS``, ``ENOMEM``).  ``None``
     #: restores CPython's behaviour: the error goes to ``handle_error()``.
     accept_backoff: Optional[float] = 0.25
-    _accept_failing = False
 
-    def __init__(self, sock: Optional[socket.socket] = None,
-                 map: Optional[Dict[Any, Any]] = None) -> None:
-        self._map = _loop.get_socket_map() if map is None else map
+    connected = observed("connected", "Whether the socket is connected.")
+    accepting = observed("accepting", "Whether this is a listening socket.")
+    connecting = observed("connecting", "Whether a connect() is in progress.")
+    # Class defaults of the observed slots and of other per-instance state,
+    # set on an instance only when it differs (less memory per connection).
+    _pc_connected = False
+    _pc_accepting = False
+    _pc_connecting = False
+    _pc_reading_paused = False  # pause_reading(): READ withheld from the loop
+    _pc_extra_interest = 0  # events a transport (TLS) needs watched
+    _pc_unobserved = False  # state the library cannot observe: poll every pass
+    _pc_unobserved_class = False
+    _accept_failing = False
+    _refused_fds = 0
+    _refused_logged = 0.0
+    _fileno: Any = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, value in list(cls.__dict__.items()):
+            slot = _observed_slot(cls, name)
+            if slot is None or _slot_of(value) is not None:
+                continue  # not observed above, or the library's own property
+            if hasattr(value, "__get__"):
+                # A descriptor of the program's own: what it stores cannot be
+                # observed, so the loop asks this class's channels every pass.
+                cls._pc_unobserved_class = True
+            else:
+                # A plain class attribute (``connected = False``) shadowing
+                # the observed one: make it that class's default instead.
+                setattr(cls, slot, value)
+                delattr(cls, name)
+
+    def __init__(self, sock: Any = None, map: Optional[Dict[Any, Any]] = None) -> None:
+        self._map = maps.get_socket_map() if map is None else map
         self._fileno = None
         if sock:
             _check_open(sock)
             # Non-blocking before anything else can touch it.
             sock.setblocking(False)
             self.set_socket(sock, map)
-            self.connected = True
+            self._pc_connected = True
             try:
                 self.addr = sock.getpeername()
             except OSError as err:
                 if err.errno in (ENOTCONN, EINVAL):
                     # A socket accepted and reset before we got to it (bpo-10340),
                     # or one that was never connected.
-                    self.connected = False
+                    self._pc_connected = False
                 else:
                     self.del_channel(map)
                     raise
@@ -153,9 +256,9 @@ class dispatcher:
         if map is None:
             map = self._map
         map[self._fileno] = self
-        loop = _loops_get(id(map))
+        loop = maps.loop_for_map(map)
         if loop is not None:
-            loop._channel_added(self._fileno, self)
+            loop.channel_added(self._fileno, self)
 
     def del_channel(self, map: Optional[Dict[Any, Any]] = None) -> None:
         """Take this channel out of ``map`` (default: its own)."""
@@ -166,24 +269,25 @@ class dispatcher:
         # reused, map[fd] belongs to another channel.
         if map.get(fd) is self:
             del map[fd]
-            loop = _loops_get(id(map))
+            loop = maps.loop_for_map(map)
             if loop is not None:
-                loop._channel_removed(fd, self)
+                loop.channel_removed(fd, self)
         self._fileno = None
 
     def _interest_changed(self) -> None:
         """Tell the loop that ``readable()``/``writable()`` may now answer
-        differently.  Library methods call it after changing the state those
-        predicates read; O(1)."""
-        loop = _loops_get(id(self._map))
+        differently.  Called by the observed attributes and by library
+        methods after changing the state those predicates read; O(1)."""
+        loop = maps.loop_for_map(self._map)
         if loop is not None and self._fileno is not None:
-            loop._dirty.add(self._fileno)
+            loop.interest_changed(self._fileno)
 
     # -- socket set-up ------------------------------------------------------------
 
     def create_socket(self, family: int = socket.AF_INET,
                       type: int = socket.SOCK_STREAM) -> None:
-        """Create a non-blocking socket and add this channel to its map."""
+        """Create a non-blocking socket (with the module global ``socket``,
+        as CPython does) and add this channel to its map."""
         self.family_and_type = family, type
         sock = socket.socket(family, type)
         sock.setblocking(False)
@@ -211,26 +315,26 @@ class dispatcher:
 
     # -- predicates ---------------------------------------------------------------
 
-    @managed_interest
+    @managed_predicate
     def readable(self) -> bool:
         """Whether the loop should watch for reads (always, by default)."""
         return True
 
-    @managed_interest
+    @managed_predicate
     def writable(self) -> bool:
         """Whether the loop should watch for writes (always, by default)."""
         return True
 
     # -- socket operations ----------------------------------------------------------
 
-    def listen(self, num: int) -> None:
-        self.accepting = True
+    def listen(self, num: int) -> Any:
+        self._pc_accepting = True
         self._interest_changed()  # a listener is never watched for writes
         if os.name == "nt" and num > 5:
             num = 5
         return self.socket.listen(num)
 
-    def bind(self, addr: Any) -> None:
+    def bind(self, addr: Any) -> Any:
         self.addr = addr
         return self.socket.bind(addr)
 
@@ -241,8 +345,8 @@ class dispatcher:
             OSError: the connect failed at once (e.g. ``ECONNREFUSED`` on a
                 local address).
         """
-        self.connected = False
-        self.connecting = True
+        self._pc_connected = False
+        self._pc_connecting = True
         self._interest_changed()
         err = self.socket.connect_ex(address)
         if err in (EINPROGRESS, EALREADY, EWOULDBLOCK) or (err == EINVAL and os.name == "nt"):
@@ -252,11 +356,12 @@ class dispatcher:
             self.addr = address
             self.handle_connect_event()
         else:
-            raise OSError(err, errorcode.get(err, strerror(err)))
+            raise OSError(err, errorcode[err] if err in errorcode else _strerror(err))
 
-    def accept(self) -> Optional[Tuple[socket.socket, Any]]:
+    def accept(self) -> Optional[Tuple[Any, Any]]:
         """Accept a connection: ``(sock, addr)``, or ``None`` if there was none
-        after all (another process took it, or the peer gave up)."""
+        after all (another process took it, or the peer gave up), or if it
+        was refused (its fd is too large for the loop's select backend)."""
         try:
             conn, addr = self.socket.accept()
         except TypeError:
@@ -271,47 +376,79 @@ class dispatcher:
         if self._accept_failing:
             self._accept_failing = False
             logger.warning("%r accepts connections again", self)
+        loop = maps.loop_for_map(self._map)
+        if loop is not None and loop.max_fd is not None and conn.fileno() > loop.max_fd:
+            self._refuse_unwatchable(conn, addr, loop.max_fd)
+            return None
         return conn, addr
+
+    def _refuse_unwatchable(self, conn: Any, addr: Any, max_fd: int) -> None:
+        # The loop could never watch this connection (select() and fds at or
+        # above FD_SETSIZE): close it now, before the program greets a client
+        # it cannot serve, and say so, at most once per interval.
+        conn.close()
+        self._refused_fds += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= _REFUSED_LOG_INTERVAL:
+            logger.error("%r refused %d connection(s) (the last from %r): their fds are above "
+                         "%d, which the select backend cannot watch; use the epoll or poll "
+                         "backend (POLLCHAT_BACKEND=epoll) to serve more clients",
+                         self, self._refused_fds, addr, max_fd)
+            self._refused_fds = 0
+            self._refused_logged = now
 
     def _back_off_accepting(self, why: OSError) -> None:
         # Level-triggered pollers would report the pending connection again
         # at once: a busy loop.  Stop watching the listener for a while.
+        loop = maps.loop_for_map(self._map)
+        if loop is None:
+            return  # not in a loop: the next accept() in one backs off
         if not self._accept_failing:
             self._accept_failing = True
             logger.warning("%r cannot accept: %s; pausing accepts, retrying every %gs",
                            self, why.strerror or why, self.accept_backoff)
-        loop = _loop.get_loop(self._map)
-        fd = self._fileno
-        loop.pause_reading(fd)
-        loop.call_later(self.accept_backoff, self._resume_accepting, fd)
+        self.pause_reading()
+        loop.call_later(self.accept_backoff or 0.0, self._resume_accepting, self._fileno)
 
     def _resume_accepting(self, fd: Any) -> None:
-        loop = _loops_get(id(self._map))
-        if loop is not None and self._fileno == fd:
-            loop.resume_reading(fd)
+        if self._fileno == fd:
+            self.resume_reading()
 
     # -- flow control and timeouts ---------------------------------------------
 
+    @property
+    def reading_paused(self) -> bool:
+        """Whether reading is paused (:meth:`pause_reading`)."""
+        return self._pc_reading_paused
+
     def pause_reading(self) -> None:
         """Stop reading from this channel (writes go on) until
-        :meth:`resume_reading`, whatever ``readable()`` says."""
-        _loop.get_loop(self._map).pause_reading(self._fileno)
+        :meth:`resume_reading`, whatever ``readable()`` says.  O(1)."""
+        if not self._pc_reading_paused:
+            self._pc_reading_paused = True
+            self._interest_changed()
 
     def resume_reading(self) -> None:
-        """Undo :meth:`pause_reading`."""
-        loop = _loops_get(id(self._map))
-        if loop is not None:
-            loop.resume_reading(self._fileno)
+        """Undo :meth:`pause_reading`.  O(1); a no-op if not paused."""
+        if self._pc_reading_paused:
+            self._pc_reading_paused = False
+            self._interest_changed()
 
     def set_idle_timeout(self, seconds: Optional[float]) -> None:
         """Run :meth:`handle_timeout` once no event reached this channel for
-        ``seconds`` (``None`` cancels).  The channel must be in its map.
+        ``seconds`` (``None`` cancels).  Takes effect when the channel is in a
+        running loop's map (at once if it already is).
 
         Raises:
             TypeError, ValueError: ``seconds`` is not a positive number.
         """
+        loop = maps.loop_for_map(self._map)
+        if loop is not None and self._map.get(self._fileno) is self:
+            loop.set_idle_timeout(self, seconds)
+        else:
+            from .idle import check_timeout
+            check_timeout(seconds)
         self.idle_timeout = seconds
-        _loop.get_loop(self._map).set_idle_timeout(self, seconds)
 
     def handle_timeout(self) -> None:
         """The idle timeout expired: close the channel (override to do more)."""
@@ -322,7 +459,7 @@ class dispatcher:
         """Send what the socket takes now; the count sent (0 if it would block
         or the peer is gone, in which case ``handle_close()`` ran)."""
         try:
-            return self.socket.send(data)
+            return self.socket.send(data)  # type: ignore[no-any-return]
         except OSError as why:
             if why.errno == EWOULDBLOCK:
                 return 0
@@ -335,7 +472,7 @@ class dispatcher:
         """Receive up to ``buffer_size`` bytes; on end of stream or a
         disconnect, run ``handle_close()`` and return ``b''``."""
         try:
-            data = self.socket.recv(buffer_size)
+            data: bytes = self.socket.recv(buffer_size)
         except OSError as why:
             if why.errno in DISCONNECTED:
                 self.handle_close()
@@ -348,9 +485,9 @@ class dispatcher:
 
     def close(self) -> None:
         """Leave the map and close the socket.  Safe to call twice."""
-        self.connected = False
-        self.accepting = False
-        self.connecting = False
+        self._pc_connected = False
+        self._pc_accepting = False
+        self._pc_connecting = False
         self.del_channel()
         if self.socket is not None:
             try:
@@ -374,11 +511,11 @@ class dispatcher:
     # -- events -----------------------------------------------------------------------
 
     def handle_read_event(self) -> None:
-        if self.accepting:
+        if self._pc_accepting:
             # A listener is readable when a connection is waiting.
             self.handle_accept()
-        elif not self.connected:
-            if self.connecting:
+        elif not self._pc_connected:
+            if self._pc_connecting:
                 self.handle_connect_event()
             self.handle_read()
         else:
@@ -387,17 +524,17 @@ class dispatcher:
     def handle_connect_event(self) -> None:
         err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err != 0:
-            raise OSError(err, strerror(err))
+            raise OSError(err, _strerror(err))
         self.handle_connect()
-        self.connected = True
-        self.connecting = False
+        self._pc_connected = True
+        self._pc_connecting = False
         self._interest_changed()
 
     def handle_write_event(self) -> None:
-        if self.accepting:
+        if self._pc_accepting:
             # Listeners are not watched for writes; ignore a stray event.
             return
-        if not self.connected and self.connecting:
+        if not self._pc_connected and self._pc_connecting:
             self.handle_connect_event()
         self.handle_write()
 
@@ -437,7 +574,7 @@ class dispatcher:
         if pair is not None:
             self.handle_accepted(*pair)
 
-    def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
+    def handle_accepted(self, sock: Any, addr: Any) -> None:
         sock.close()
         self.log_info("unhandled accepted event", "warning")
 
@@ -469,34 +606,39 @@ if sys.version_info >= (3, 12):
 class dispatcher_with_send(dispatcher):
     """A dispatcher that buffers what ``send()`` cannot send at once."""
 
-    def __init__(self, sock: Optional[socket.socket] = None,
-                 map: Optional[Dict[Any, Any]] = None) -> None:
+    out_buffer = observed("out_buffer", "Bytes waiting to be sent.")
+    _pc_out_buffer: Any = b""
+
+    def __init__(self, sock: Any = None, map: Optional[Dict[Any, Any]] = None) -> None:
         dispatcher.__init__(self, sock, map)
-        self.out_buffer = b""
+        self._pc_out_buffer = b""
 
     def initiate_send(self) -> None:
-        sent = dispatcher.send(self, self.out_buffer[:65536])
-        self.out_buffer = self.out_buffer[sent:]
-        if not self.out_buffer:
-            self._interest_changed()
+        had = bool(self._pc_out_buffer)
+        sent = dispatcher.send(self, self._pc_out_buffer[:65536])
+        self._pc_out_buffer = self._pc_out_buffer[sent:]
+        if had and not self._pc_out_buffer:
+            self._interest_changed()  # writable() turned false
 
     def handle_write(self) -> None:
         self.initiate_send()
 
-    @managed_interest
+    @managed_predicate
     def writable(self) -> bool:
-        return (not self.connected) or len(self.out_buffer)
+        return (not self._pc_connected) or bool(len(self._pc_out_buffer))
 
-    def send(self, data: Any) -> None:
+    def send(self, data: Any) -> None:  # type: ignore[override]
         if self.debug:
             self.log_info(f"sending {data!r}")
-        self.out_buffer = self.out_buffer + data
-        self._interest_changed()
+        had = bool(self._pc_out_buffer)
+        self._pc_out_buffer = self._pc_out_buffer + data
         self.initiate_send()
+        if not had and self._pc_out_buffer:
+            self._interest_changed()  # writable() turned true
 
 
 def _check_open(sock: Any) -> None:
-    if isinstance(sock, socket.socket) and sock.fileno() < 0:
+    if isinstance(sock, _socket_class) and sock.fileno() < 0:
         raise ValueError(f"cannot use {sock!r}: the socket is closed; "
                          "give the dispatcher an open socket")
 
@@ -508,7 +650,7 @@ def close_all(map: Optional[Dict[Any, Any]] = None, ignore_all: bool = False) ->
     always ignored: the channel is gone either way).
     """
     if map is None:
-        map = _loop.get_socket_map()
+        map = maps.get_socket_map()
     for channel in list(map.values()):
         try:
             channel.close()
@@ -521,64 +663,7 @@ def close_all(map: Optional[Dict[Any, Any]] = None, ignore_all: bool = False) ->
             if not ignore_all:
                 raise
     map.clear()
-    loop = _loops_get(id(map))
+    loop = maps.loop_for_map(map)
     if loop is not None:
         loop.reconcile()
 
-
-if os.name == "posix":
-    class file_wrapper:
-        """Make an fd look enough like a socket for a dispatcher.
-
-        The fd is duplicated: the caller keeps (and closes) its own.
-        """
-
-        def __init__(self, fd: int) -> None:
-            self.fd = os.dup(fd)
-
-        def __del__(self) -> None:
-            if self.fd >= 0:
-                warnings.warn(f"unclosed file {self!r}", ResourceWarning, stacklevel=2, source=self)
-            self.close()
-
-        def recv(self, *args: Any) -> bytes:
-            return os.read(self.fd, *args)
-
-        def send(self, *args: Any) -> int:
-            return os.write(self.fd, *args)
-
-        def getsockopt(self, level: int, optname: int, buflen: Optional[int] = None) -> int:
-            if level == socket.SOL_SOCKET and optname == socket.SO_ERROR and not buflen:
-                return 0  # a file has no pending socket error
-            raise NotImplementedError("file_wrapper supports only getsockopt(SOL_SOCKET, "
-                                      "SO_ERROR), which asyncore needs")
-
-        read = recv
-        write = send
-
-        def close(self) -> None:
-            if self.fd < 0:
-                return
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-        def fileno(self) -> int:
-            return self.fd
-
-    class file_dispatcher(dispatcher):
-        """A dispatcher over a file descriptor (a pipe, a tty...)."""
-
-        def __init__(self, fd: Any, map: Optional[Dict[Any, Any]] = None) -> None:
-            dispatcher.__init__(self, None, map)
-            self.connected = True
-            try:
-                fd = fd.fileno()
-            except AttributeError:
-                pass
-            self.set_file(fd)
-            os.set_blocking(fd, False)
-
-        def set_file(self, fd: int) -> None:
-            self.socket = file_wrapper(fd)
-            self._fileno = self.socket.fileno()
-            self.add_channel()

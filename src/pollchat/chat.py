@@ -2,19 +2,25 @@
 a queue of data and producers.
 
 The behaviour is CPython 3.11's asynchat (see the seed documentation), with
-three kinds of difference:
+these differences, none of which a program can observe through the API:
 
 * **Linear time.**  Input is scanned with an offset into the received bytes:
   each byte is searched once (plus ``len(terminator) - 1`` bytes of overlap
   when a terminator is split across reads), and nothing is re-sliced per
-  line.  Output is sent through :class:`memoryview` slices: a partial send
-  never copies what is left.
+  message.  A partial send keeps a :class:`memoryview` of the rest.
+* **Replies go out together.**  Data pushed while the channel's own
+  ``handle_read()`` runs (the replies to one read's requests) is sent in one
+  ``send()`` when the read is handled, instead of one ``send()`` per push;
+  queued items are likewise joined up to ``ac_out_buffer_size``.  The bytes
+  and their order on the wire are the same.  Not for a class that
+  overrides ``send()``, ``initiate_send()`` or ``writable()``: those get
+  CPython's one send per item.  Reading ``producer_fifo``, calling
+  ``close()`` or ``discard_buffers()`` first sends what is pending, as
+  CPython would have already.
 * **Interest is managed.**  ``readable()``/``writable()`` are trusted by the
-  loop (:func:`~pollchat.loop.managed_interest`); every method that can change
-  ``writable()``'s answer tells the loop, so an idle chat channel costs
-  nothing per loop pass.  Code that appends to ``producer_fifo`` directly,
-  without calling ``push*()``/``initiate_send()`` afterwards, needs the
-  loop's strict mode (``POLLCHAT_STRICT=1``).
+  loop (:func:`~pollchat.interest.managed_interest`); ``producer_fifo`` is an
+  :class:`~pollchat.producers.OutputQueue` that reports additions, and
+  ``connected`` is observed, so code that changes them directly is served.
 * **Defects fixed.**  ``use_encoding`` really encodes ``str`` data and
   terminators with ``encoding``; type errors name the offending type; a bad
   terminator is refused by ``set_terminator()`` instead of failing on the next
@@ -29,74 +35,61 @@ received.
 
 from __future__ import annotations
 
-import collections
 import operator
-from typing import Any, Deque, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
-from .channel import dispatcher
+from .channel import dispatcher, managed_predicate, observed, overridable
 from .dispatch import REraised
-from .loop import managed_interest
+from .producers import (
+    OutputQueue,
+    byte_view,
+    find_prefix_at_end,
+    held_back,
+    queue_add,
+    simple_producer,
+)
 
-__all__ = ["InputLimitExceeded", "async_chat", "simple_producer", "find_prefix_at_end"]
+__all__ = ["InputLimitExceeded", "async_chat", "find_prefix_at_end", "simple_producer"]
 
 #: What ``set_terminator()`` accepts (after conversion: bytes, int or None).
 Terminator = Union[bytes, bytearray, memoryview, str, int, None]
 BytesLike = Union[bytes, bytearray, memoryview]
 
-# Input scanning (see async_chat._scan_input): messages found one find() at a
-# time before the input is cut in batches, and the first batch's size.
+# Input scanning: messages found one find() at a time before the input is
+# cut in batches with split(), and the first batch's window in bytes.
 _BATCH_AFTER = 2
 _FIRST_WINDOW = 2048
 
 
-def find_prefix_at_end(haystack: Any, needle: Any) -> int:
-    """Return the length of the longest proper prefix of ``needle`` that
-    ``haystack`` ends with (0 if none).
-
-    Both arguments are ``bytes`` or both ``str``.  The caller is expected to
-    have checked that ``needle`` itself does not occur at the end: a full
-    match is never reported (the result is at most ``len(needle) - 1``).
-
-    >>> find_prefix_at_end(b"qwerty\\r", b"\\r\\n")
-    1
-    """
-    if not needle:
-        return 0
-    return _held_back(haystack, needle, 0)
-
-
-def _held_back(buf: Any, term: Any, start: int) -> int:
-    """How many bytes at the end of ``buf[start:]`` could be the beginning of
-    ``term`` (the longest such proper prefix; ``term`` non-empty).
-
-    Only the last ``len(term) - 1`` bytes are examined, and only where the
-    first byte of ``term`` occurs, so the cost does not depend on the size of
-    the buffer.
-    """
-    end = len(buf)
-    lead = term[:1]
-    at = buf.find(lead, max(start, end - len(term) + 1))
-    while at >= 0:
-        # The earliest candidate that matches gives the longest prefix.
-        if buf.startswith(term[:end - at], at):
-            return end - at
-        at = buf.find(lead, at + 1)
-    return 0
-
-
-def _byte_view(data: Any) -> Any:
-    """``data`` as a 1-D view of bytes, so that ``len()`` and slicing count
-    bytes (a memoryview of ``array('i')`` counts items)."""
-    view = data if isinstance(data, memoryview) else memoryview(data)
-    if view.ndim == 1 and view.itemsize == 1:
-        return view
-    if view.c_contiguous:
-        return view.cast("B")
-    return memoryview(view.tobytes())
-
-
 class InputLimitExceeded(ValueError):
     """A peer sent more than ``max_line`` bytes without a terminator."""
+
+
+def _get_producer_fifo(self: async_chat) -> Any:
+    if self._ac_batch:
+        # Pushes of this read are not sent yet; CPython would have sent
+        # them by now, so a program looking at the queue sees that state.
+        self._flush_batch(keep_batching=True)
+    return self._fifo_for_write()
+
+
+def _set_producer_fifo(self: async_chat, fifo: Any) -> None:
+    if self._ac_batch:
+        self._flush_batch(keep_batching=True)
+    if type(fifo) is OutputQueue:
+        fifo._owner = self
+        self._pc_unobserved = False
+    else:
+        # A container of the program's own: its changes cannot be observed,
+        # so the loop asks this channel on every pass, as CPython did.
+        self._pc_unobserved = True
+    self._pc_fifo = fifo
+    self._interest_changed()
+
+
+def _getter_replaced(channel: async_chat) -> None:
+    # An instance's own get_terminator(): ask it at every step, as CPython.
+    channel._ac_stock_get_terminator = False
 
 
 class async_chat(dispatcher):
@@ -145,20 +138,35 @@ class async_chat(dispatcher):
     out_high_water: Optional[int] = None
     out_low_water: Optional[int] = None
 
+    producer_fifo = observed("fifo", "The output queue.", _get_producer_fifo,
+                             _set_producer_fifo)
+
+    # Per-instance state with class defaults, set on an instance only when it
+    # differs: an idle connection carries only what it uses.
+    _pc_fifo: Any = None  # the output queue, made on first need
+    _ac_batch: Optional[List[Any]] = None  # pushes held while handle_read() runs
+    _ac_writable_seen: Optional[bool] = None  # the last writable() the loop saw
+    _ac_line_bytes = 0  # received since the last terminator (max_line)
+    _ac_queued = 0  # bytes pushed and not yet sent (out_high_water)
+    _ac_output_full = False
+    # Per class (__init_subclass__): get_terminator() is the stock one, so
+    # the attribute can be read instead; send/initiate_send/writable are the
+    # stock ones, so replies may be sent together.
+    _ac_stock_get_terminator = True
+    _ac_coalesce = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._ac_stock_get_terminator = cls.get_terminator is async_chat.get_terminator
+        cls._ac_coalesce = (cls.send is dispatcher.send
+                            and cls.initiate_send is async_chat.initiate_send
+                            and cls.writable is async_chat.writable)
+
     def __init__(self, sock: Any = None, map: Optional[Dict[Any, Any]] = None) -> None:
         # Input state: _ac_buf[_ac_pos:] is what CPython calls ac_in_buffer.
-        # (Instance attributes only: a class attribute of the same name would
-        # stop CPython 3.11 from specializing the hot loop's loads of them.)
         self._ac_buf = b""
         self._ac_pos = 0
         self.incoming: List[bytes] = []
-        self.producer_fifo: Deque[Any] = collections.deque()
-        # The last answer writable() gave (None: never asked), so that a
-        # state change tells the loop only when that answer changes.
-        self._ac_writable_seen: Optional[bool] = None
-        self._ac_line_bytes = 0  # received since the last terminator (max_line)
-        self._ac_queued = 0  # bytes pushed and not yet sent (out_high_water)
-        self._ac_output_full = False
         dispatcher.__init__(self, sock, map)
 
     # -- the pending input --------------------------------------------------------
@@ -177,8 +185,8 @@ class async_chat(dispatcher):
         elif type(value) is not bytes:
             value = bytes(value)
         if value is self._ac_buf and self._ac_pos:
-            # handle_read() notices a replaced buffer by identity: make the
-            # same bytes at a new start a new object.
+            # The scan notices a replaced buffer by identity: make the same
+            # bytes at a new start a new object.
             value = bytes(bytearray(value))
         self._ac_buf = value
         self._ac_pos = 0
@@ -225,18 +233,28 @@ class async_chat(dispatcher):
           ``collect_incoming_data()``;
         * ``str``: only with ``use_encoding`` set; encoded with ``encoding``.
 
+        O(1) for bytes, counts and ``None`` (a protocol may switch twice per
+        message).
+
         Raises:
             TypeError: any other type, or ``str`` without ``use_encoding``.
                 (CPython stored such a terminator and failed at the next read,
                 far from the mistake.)
             ValueError: a negative count.
         """
-        self.terminator = self._check_terminator(term)
+        kind = type(term)
+        if kind is bytes or term is None or (kind is int and term >= 0):  # type: ignore[operator]
+            self.terminator = term
+        else:
+            self.terminator = self._check_terminator(term)
 
     def get_terminator(self) -> Any:
-        """The current terminator (overriding this is honoured: it is asked
-        before every step of the input scan)."""
+        """The current terminator (overriding this, in a subclass or on an
+        instance, is honoured: it is then asked before every step of the
+        input scan)."""
         return self.terminator
+
+    get_terminator = overridable(get_terminator, _getter_replaced)  # type: ignore[assignment]
 
     def _check_terminator(self, term: Any) -> Any:
         if term is None or type(term) is bytes:
@@ -262,7 +280,8 @@ class async_chat(dispatcher):
         """Receive up to ``ac_in_buffer_size`` bytes and hand them out:
         ``collect_incoming_data()`` for data, ``found_terminator()`` at each
         terminator.  A ``BlockingIOError`` is ignored (nothing to read after
-        all); any other ``OSError`` goes to ``handle_error()``."""
+        all); any other ``OSError`` goes to ``handle_error()``.  Replies the
+        callbacks push are sent together once the input is handled."""
         try:
             data = self.recv(self.ac_in_buffer_size)
         except BlockingIOError:
@@ -284,7 +303,14 @@ class async_chat(dispatcher):
             return
         self._ac_buf = buf
         self._ac_pos = 0
-        self._scan_input()
+        if self._ac_coalesce and self._ac_batch is None and self._pc_connected:
+            self._ac_batch = []
+            try:
+                self._scan_input()
+            finally:
+                self._flush_batch()
+        else:
+            self._scan_input()
         if self.max_line is not None:
             self._check_line_limit(data)
 
@@ -300,7 +326,7 @@ class async_chat(dispatcher):
             self._ac_line_bytes += len(data)
         else:
             self._ac_line_bytes = len(data) - at - len(term)
-        if self._ac_line_bytes > self.max_line:
+        if self.max_line is not None and self._ac_line_bytes > self.max_line:
             waiting = self._ac_line_bytes
             self._ac_line_bytes = 0
             raise InputLimitExceeded(
@@ -315,139 +341,157 @@ class async_chat(dispatcher):
         return bytes(data)
 
     def _scan_input(self) -> None:
-        """Hand ``_ac_buf[_ac_pos:]`` to the callbacks, in CPython's steps.
+        """Hand ``_ac_buf[_ac_pos:]`` to the callbacks, in CPython's steps:
+        each step asks for the terminator, then one of :meth:`_collect_rest`
+        (none), :meth:`_scan_counted` (a count) or :meth:`_scan_delimited`
+        (bytes) handles the input that terminator covers.
 
         Invariant at every callback: ``_ac_buf[_ac_pos:]`` is what CPython's
         ``ac_in_buffer`` would hold, so callbacks reading it, replacing it or
         calling ``discard_buffers()`` see and get CPython's behaviour.  A
         replaced buffer is noticed by identity (the setter and
         ``discard_buffers()`` never store the object being scanned).
-
-        Cost: a bytes terminator is searched for from where the last one
-        ended, so each byte is examined about once.  Once the terminator has
-        stayed the same for a few messages, the input is cut with one
-        ``split()`` per window of bytes instead of a ``find()`` and a slice
-        per message (the window doubles while the terminator holds, so the
-        work wasted when it changes stays small).
         """
-        buf = self._ac_buf
-        pos = self._ac_pos
-        end = len(buf)
-        # Skip the call when get_terminator() is the stock one: same answer.
-        # (Not through self.__dict__: touching it makes CPython 3.11 give the
-        # instance a real dict, which slows every attribute access on it.)
-        getter = self.get_terminator
-        ask = getattr(getter, "__func__", None) is not _stock_get_terminator \
-            or getattr(getter, "__self__", None) is not self
-        last_term: Any = None  # the bytes terminator of the previous message
-        stable = 0  # messages in a row that kept it
-        window = _FIRST_WINDOW
-        while True:
-            if self._ac_buf is not buf:
-                # A callback replaced the input (setter, discard_buffers()).
-                buf = self._ac_buf
-                pos = self._ac_pos
-                end = len(buf)
-            if pos >= end:
-                break
-            term = self.get_terminator() if ask else self.terminator
-            if type(term) is not bytes:
+        stock = self._ac_stock_get_terminator
+        while self._ac_pos < len(self._ac_buf):
+            term = self.terminator if stock else self.get_terminator()
+            kind = type(term)
+            if kind is not bytes and kind is not int and term is not None:
                 term = self._check_terminator(term)
-            if type(term) is bytes and term:
-                if term is not last_term and term != last_term:
-                    last_term = term
-                    stable = 0
-                    window = _FIRST_WINDOW
-                tlen = len(term)
-                if stable >= _BATCH_AFTER:
-                    stop = min(pos + window, end)
-                    pieces = (buf if stop == end and not pos else buf[pos:stop]).split(term)
-                    if len(pieces) > 1:
-                        pieces.pop()  # runs past the window: not a whole message
-                        for piece in pieces:
-                            if piece:
-                                self.collect_incoming_data(piece)
-                                if self._ac_buf is not buf:
-                                    buf, pos, end = self._advance_replaced(len(piece) + tlen)
-                                    self._ac_pos = pos
-                                    self.found_terminator()
-                                    break
-                            pos += len(piece) + tlen
-                            self._ac_pos = pos
-                            self.found_terminator()
-                            if self._ac_buf is not buf:
-                                break
-                            nxt = self.get_terminator() if ask else self.terminator
-                            if nxt is not term and nxt != term:
-                                break
-                        else:
-                            window += window  # the terminator held: bigger bites
-                        continue
-                    # No terminator in the window: one long message, below.
-                at = buf.find(term, pos)
-                if at < 0:
-                    # (A 1-byte terminator has no proper prefix to hold back.)
-                    keep = _held_back(buf, term, pos) if tlen > 1 else 0
-                    if keep < end - pos:
-                        self.collect_incoming_data(buf[pos:end - keep] if pos or keep else buf)
-                        if self._ac_buf is not buf:
-                            buf = self._ac_buf
-                            end = len(buf)
-                            pos = max(self._ac_pos, end - keep)
-                            break
-                    pos = end - keep
-                    break
-                if at > pos:
-                    self.collect_incoming_data(buf[pos:at])
-                    if self._ac_buf is not buf:
-                        buf, pos, end = self._advance_replaced(at + tlen - pos)
-                    else:
-                        pos = at + tlen
-                else:
-                    pos = at + tlen
-                self._ac_pos = pos
-                stable += 1
-                self.found_terminator()
-            elif not term:
-                # None, b"" or a count of 0: everything goes.
-                self.collect_incoming_data(buf[pos:] if pos else buf)
-                pos = end
+                kind = type(term)
+            if not term:
+                self._collect_rest()  # None, b"" or a count of 0: everything goes
                 break
-            else:
-                # A count (_check_terminator() let nothing else through).
-                avail = end - pos
-                if avail < term:
-                    self.collect_incoming_data(buf[pos:] if pos else buf)
-                    pos = self._ac_pos = end  # consumed, even if the count-down fails
-                    self.terminator = self.terminator - avail
+            if kind is bytes:
+                if not self._scan_delimited(term):
                     break
-                self.collect_incoming_data(buf[pos:pos + term])
-                if self._ac_buf is buf:
-                    pos += term
-                else:
-                    buf, pos, end = self._advance_replaced(term)
-                self._ac_pos = pos
-                self.terminator = 0
-                self.found_terminator()
+            else:
+                self._scan_counted(term)
         # Keep only what is left: at most a held-back start of a terminator.
-        if pos < end:
-            self._ac_buf = buf[pos:] if pos else buf
-        else:
-            self._ac_buf = b""
+        pos = self._ac_pos
+        if pos:
+            buf = self._ac_buf
+            self._ac_buf = buf[pos:] if pos < len(buf) else b""
+            self._ac_pos = 0
+
+    def _collect_rest(self) -> None:
+        buf, pos = self._ac_buf, self._ac_pos
+        self.collect_incoming_data(buf[pos:] if pos else buf)
+        self._ac_buf = b""  # consumed, whatever the collector did (as CPython)
         self._ac_pos = 0
 
-    def _advance_replaced(self, count: int) -> tuple:
+    def _scan_counted(self, count: int) -> None:
+        """One step of a count terminator: ``count`` more bytes, or all there
+        is (the count then goes down by what was given)."""
+        buf, pos = self._ac_buf, self._ac_pos
+        avail = len(buf) - pos
+        if avail < count:
+            self.collect_incoming_data(buf[pos:] if pos else buf)
+            self._ac_buf = b""  # consumed, even if the count-down below fails
+            self._ac_pos = 0
+            self.terminator = self.terminator - avail
+            return
+        self.collect_incoming_data(buf[pos:pos + count])
+        if self._ac_buf is buf:
+            self._ac_pos = pos + count
+        else:
+            self._advance_replaced(count)
+        self.terminator = 0
+        self.found_terminator()
+
+    def _scan_delimited(self, term: bytes) -> bool:
+        """Messages ending with ``term``, for as long as the terminator stays
+        ``term``.  Returns True to go on scanning (the terminator changed or
+        the input was replaced), False when the input is used up or all that
+        is left may be the start of a terminator.
+
+        Each byte is searched once; after :data:`_BATCH_AFTER` messages in a
+        row, :meth:`_scan_batched` takes over.
+        """
+        buf, pos = self._ac_buf, self._ac_pos
+        end = len(buf)
+        tlen = len(term)
+        stock = self._ac_stock_get_terminator
+        found = 0
+        while True:
+            if found >= _BATCH_AFTER:
+                batched = self._scan_batched(term)
+                if batched is not None:
+                    return True
+                # No terminator in the window: one long message, found below.
+            at = buf.find(term, pos)
+            if at < 0:
+                # (A 1-byte terminator has no proper prefix to hold back.)
+                keep = held_back(buf, term, pos) if tlen > 1 else 0
+                if keep < end - pos:
+                    self.collect_incoming_data(buf[pos:end - keep] if pos or keep else buf)
+                    if self._ac_buf is not buf:
+                        self._ac_pos = max(self._ac_pos, len(self._ac_buf) - keep)
+                        return False
+                self._ac_pos = end - keep
+                return False
+            if at > pos:
+                self.collect_incoming_data(buf[pos:at])
+                if self._ac_buf is not buf:
+                    self._advance_replaced(at + tlen - pos)
+                    self.found_terminator()
+                    return True
+            pos = self._ac_pos = at + tlen
+            self.found_terminator()
+            if self._ac_buf is not buf:
+                return True
+            following = self.terminator if stock else self.get_terminator()
+            if following is not term and following != term:
+                return True
+            found += 1
+
+    def _scan_batched(self, term: bytes) -> Optional[bool]:
+        """Messages ending with ``term``, cut with one ``split()`` per window
+        of input instead of a ``find()`` and a slice each (the window doubles
+        while the terminator holds, so the work wasted when it changes stays
+        small).  Returns True once it handled messages (go on scanning), or
+        None if the first window holds no terminator."""
+        buf, pos = self._ac_buf, self._ac_pos
+        end = len(buf)
+        tlen = len(term)
+        stock = self._ac_stock_get_terminator
+        window = _FIRST_WINDOW
+        while pos < end:
+            stop = min(pos + window, end)
+            pieces = (buf if stop == end and not pos else buf[pos:stop]).split(term)
+            if len(pieces) == 1:
+                return True if window > _FIRST_WINDOW else None
+            pieces.pop()  # runs past the window: not a whole message
+            for piece in pieces:
+                if piece:
+                    self.collect_incoming_data(piece)
+                    if self._ac_buf is not buf:
+                        self._advance_replaced(len(piece) + tlen)
+                        self.found_terminator()
+                        return True
+                pos += len(piece) + tlen
+                self._ac_pos = pos
+                self.found_terminator()
+                if self._ac_buf is not buf:
+                    return True
+                following = self.terminator if stock else self.get_terminator()
+                if following is not term and following != term:
+                    return True
+            window += window  # the terminator held: bigger bites
+        return True
+
+    def _advance_replaced(self, count: int) -> None:
         """``collect_incoming_data()`` replaced the pending input: drop
         ``count`` bytes from the start of the new input, as CPython (which
         slices whatever ``ac_in_buffer`` then holds) does."""
-        buf = self._ac_buf
-        end = len(buf)
-        return buf, min(self._ac_pos + count, end), end
+        self._ac_pos = min(self._ac_pos + count, len(self._ac_buf))
 
     # -- output -----------------------------------------------------------------------
 
     def push(self, data: Union[BytesLike, str]) -> None:
-        """Queue ``data`` for sending, and send what the socket takes now.
+        """Queue ``data`` for sending, and send what the socket takes now
+        (while ``handle_read()`` runs: once it returns, with the other
+        replies of that read).
 
         ``bytes`` are queued as they are; a ``bytearray`` is copied (later
         changes to it are not sent); a ``memoryview`` is queued as a view, so
@@ -460,12 +504,31 @@ class async_chat(dispatcher):
         """
         if type(data) is not bytes:
             data = self._output_bytes(data)
-        if data:
-            self.producer_fifo.append(data)
-            if self.out_high_water is not None:
-                self._count_queued(len(data))
-        self.initiate_send()
-        self._update_interest()
+        if not data:
+            self.initiate_send()  # as CPython, which queues b"" and sends
+            return
+        if self.out_high_water is not None:
+            self._count_queued(len(data))
+        batch = self._ac_batch
+        if batch is not None:
+            batch.append(data)
+        elif self._ac_coalesce:
+            if not self._pc_fifo and self._pc_connected:
+                self._send_now(data)
+            else:
+                queue_add(self._fifo_for_write(), data)
+                self.initiate_send()
+        else:
+            # CPython's way, for classes with a send()/initiate_send() of
+            # their own: pieces of at most ac_out_buffer_size, then one send.
+            fifo = self._fifo_for_write()
+            obs = self.ac_out_buffer_size
+            if len(data) > obs:
+                queue_add(fifo, items=[data[i:i + obs] for i in range(0, len(data), obs)])
+            else:
+                queue_add(fifo, data)
+            self.initiate_send()
+            self._update_interest()
 
     def _output_bytes(self, data: Any) -> Any:
         if isinstance(data, bytes):
@@ -473,7 +536,7 @@ class async_chat(dispatcher):
         if isinstance(data, bytearray):
             return bytes(data)
         if isinstance(data, memoryview):
-            return _byte_view(data)
+            return byte_view(data)
         if isinstance(data, str):
             return self._encode(data, f"data for push() ({data[:40]!r})")
         raise TypeError(f"push() takes bytes, bytearray or memoryview data, "
@@ -495,39 +558,42 @@ class async_chat(dispatcher):
                 producer = self._output_bytes(producer)
             elif not isinstance(producer, (bytes, bytearray)):
                 try:
-                    producer = _byte_view(producer)
+                    producer = byte_view(producer)
                 except TypeError:
                     raise TypeError(
                         f"push_with_producer() takes an object with a more() method or "
                         f"bytes-like data, not {type(producer).__name__}") from None
-        self.producer_fifo.append(producer)
+        self._spill_batch()
+        queue_add(self._fifo_for_write(), producer)
         self.initiate_send()
         self._update_interest()
 
     def close_when_done(self) -> None:
         """Close the channel once everything queued so far has been sent
         (queues ``None``)."""
-        self.producer_fifo.append(None)
+        self._spill_batch()
+        queue_add(self._fifo_for_write(), None)
         self._update_interest()
 
     def initiate_send(self) -> None:
-        """Make one ``send()`` of at most ``ac_out_buffer_size`` bytes from
-        the head of ``producer_fifo``, consulting producers until there is
-        data; close the channel if the head is ``None``.
+        """Make one ``send()`` from the head of ``producer_fifo``: the head
+        item (at most ``ac_out_buffer_size`` bytes of it), joined with the
+        data items after it that fit in that size; producers are consulted
+        until there is data; the channel closes if the head is ``None``.
 
         Does nothing while not connected.  Errors from ``send()`` and from
         producers go to ``handle_error()``.
         """
-        fifo = self.producer_fifo
-        while fifo and self.connected:
+        fifo = self._pc_fifo
+        while fifo and self._pc_connected:
             first = fifo[0]
             if type(first) is not bytes and type(first) is not memoryview:
                 if first is None:
-                    fifo.popleft()
+                    del fifo[0]
                     self.handle_close()
                     break
                 try:
-                    first = self._head_data(first)
+                    first = self._head_data(fifo, first)
                 except REraised:
                     raise
                 except Exception:
@@ -537,56 +603,113 @@ class async_chat(dispatcher):
                     continue  # a producer was consulted: look at the head again
             size = len(first)
             if not size:
-                fifo.popleft()
+                del fifo[0]
                 continue
             obs = self.ac_out_buffer_size
-            data = first if size <= obs else memoryview(first)[:obs]
+            if size >= obs:
+                data: Any = first if size == obs else memoryview(first)[:obs]
+            elif len(fifo) > 1 and self._ac_coalesce:
+                data = _gather(fifo, obs)
+            else:
+                data = first
             try:
                 sent = self.send(data)
             except OSError:
                 self.handle_error()
                 break
-            if sent and self.out_high_water is not None:
-                self._count_queued(-sent)
-            if sent and fifo and fifo[0] is first:
-                if sent >= size:
-                    fifo.popleft()
-                else:
-                    # Linear time: keep a view of the rest, never a copy.
-                    view = first if type(first) is memoryview else memoryview(first)
-                    fifo[0] = view[sent:]
+            if sent:
+                if self.out_high_water is not None:
+                    self._count_queued(-sent)
+                if fifo and fifo[0] is first:
+                    _consume(fifo, sent)
             break
         self._update_interest()
 
-    def _head_data(self, first: Any) -> Any:
-        """Turn the head of ``producer_fifo`` (neither bytes, memoryview nor
-        None) into data to send, replacing it in the queue; or, for a
-        producer, put its next piece in front of it (or drop it when it is
-        exhausted) and return None."""
-        fifo = self.producer_fifo
+    def _send_now(self, data: Any) -> None:
+        """Send ``data``, which nothing queued precedes; queue what the
+        socket does not take."""
+        obs = self.ac_out_buffer_size
+        size = len(data)
+        try:
+            sent = self.send(data if size <= obs else memoryview(data)[:obs])
+        except OSError:
+            queue_add(self._fifo_for_write(), data)  # kept, as CPython keeps it queued
+            self.handle_error()
+            return
+        if sent and self.out_high_water is not None:
+            self._count_queued(-sent)
+        if sent < size:
+            queue_add(self._fifo_for_write(), memoryview(data)[sent:] if sent else data)
+            self._update_interest()
+
+    def _flush_batch(self, keep_batching: bool = False) -> None:
+        """Send the replies pushed while ``handle_read()`` ran: one ``send()``
+        if nothing was queued before them."""
+        batch = self._ac_batch
+        self._ac_batch = [] if keep_batching else None
+        if not batch:
+            return
+        if self._pc_fifo:  # older output still queued: keep the order
+            queue_add(self._pc_fifo, items=batch)
+            self.initiate_send()
+            return
+        obs = self.ac_out_buffer_size
+        if len(batch) == 1:
+            self._send_now(batch[0])
+        elif sum(map(len, batch)) <= obs:
+            self._send_now(b"".join(batch))
+        else:
+            queue_add(self._fifo_for_write(), items=batch)
+            self.initiate_send()
+
+    def _spill_batch(self) -> None:
+        """Move the held replies into the queue, in order, before something
+        that is not plain data is queued after them."""
+        batch = self._ac_batch
+        if batch:
+            queue_add(self._fifo_for_write(), items=batch)
+            batch.clear()
+
+    def _fifo_for_write(self) -> Any:
+        fifo = self._pc_fifo
+        if fifo is None:
+            fifo = self._pc_fifo = OutputQueue()
+            fifo._owner = self
+        return fifo
+
+    def _fifo_grew(self) -> None:
+        """The output queue got an item (called by :class:`OutputQueue`)."""
+        if self._ac_writable_seen is not True:
+            self._interest_changed()
+
+    def _head_data(self, fifo: Any, first: Any) -> Any:
+        """Turn the head of the queue (neither bytes, memoryview nor None)
+        into data to send, replacing it in the queue; or, for a producer, put
+        its next piece in front of it (or drop it when it is exhausted) and
+        return None."""
         if not first:
-            fifo.popleft()  # an empty buffer, or a producer that says it is empty
+            del fifo[0]  # an empty buffer, or a producer that says it is empty
             return None
         if isinstance(first, bytes):
             return first
         if isinstance(first, bytearray):
             # A copy, so that a view of it kept across partial sends does not
             # stop the owner from resizing it.
-            data = bytes(first)
+            data: Any = bytes(first)
         elif isinstance(first, str):
             data = self._output_bytes(first)
         elif hasattr(first, "more"):
             piece = first.more()
             if piece:
-                fifo.appendleft(piece)
+                queue_add(fifo, piece, left=True)
             elif fifo and fifo[0] is first:
-                fifo.popleft()
+                del fifo[0]
             else:  # more() itself changed the queue
                 fifo.remove(first)
             return None
         else:
             try:
-                data = _byte_view(first)
+                data = byte_view(first)
             except TypeError:
                 raise TypeError(f"producer_fifo holds a {type(first).__name__}: entries must "
                                 f"be bytes-like, None, or have a more() method") from None
@@ -595,14 +718,26 @@ class async_chat(dispatcher):
 
     def discard_buffers(self) -> None:
         """Drop all pending input (``ac_in_buffer`` and ``incoming``) and
-        all queued output, producers and close request included."""
+        all queued output, producers and close request included.  (Replies
+        pushed during the current read are sent first: CPython had sent
+        them already.)"""
+        if self._ac_batch:
+            self._flush_batch(keep_batching=True)
         self._ac_buf = b""
         self._ac_pos = 0
         del self.incoming[:]
-        self.producer_fifo.clear()
+        if self._pc_fifo:
+            self._pc_fifo.clear()
         if self._ac_queued:
             self._count_queued(-self._ac_queued)
         self._update_interest()
+
+    def close(self) -> None:
+        """Send the replies held for this read (what the socket takes now),
+        then close as :meth:`dispatcher.close` does."""
+        if self._ac_batch:
+            self._flush_batch()
+        dispatcher.close(self)
 
     # -- events and predicates ------------------------------------------------------
 
@@ -612,17 +747,17 @@ class async_chat(dispatcher):
     def handle_close(self) -> None:
         self.close()
 
-    @managed_interest
+    @managed_predicate
     def readable(self) -> bool:
         """Always: input is accepted whatever the buffers hold (a limit here
         would break a terminator changed by ``set_terminator()``)."""
         return True
 
-    @managed_interest
+    @managed_predicate
     def writable(self) -> bool:
         """While output is queued, or until connected (to see the connect
         complete)."""
-        answer = bool(self.producer_fifo) or not self.connected
+        answer = bool(self._pc_fifo) or not self._pc_connected
         self._ac_writable_seen = answer
         return answer
 
@@ -631,13 +766,16 @@ class async_chat(dispatcher):
     def _count_queued(self, delta: int) -> None:
         # Producers' pieces are sent but were never counted in: never below 0.
         queued = self._ac_queued = max(self._ac_queued + delta, 0)
+        high = self.out_high_water
+        if high is None:
+            return
         if not self._ac_output_full:
-            if queued > self.out_high_water:
+            if queued > high:
                 self._ac_output_full = True
                 self.handle_output_high_water()
         else:
             low = self.out_low_water
-            if queued <= (self.out_high_water // 4 if low is None else low):
+            if queued <= (high // 4 if low is None else low):
                 self._ac_output_full = False
                 self.handle_output_low_water()
 
@@ -656,7 +794,7 @@ class async_chat(dispatcher):
         """Tell the loop if ``writable()`` would now answer differently from
         what it last told the loop.  A push that is sent at once on an idle
         channel thus costs the loop nothing."""
-        if (bool(self.producer_fifo) or not self.connected) is not self._ac_writable_seen:
+        if (bool(self._pc_fifo) or not self._pc_connected) is not self._ac_writable_seen:
             self._interest_changed()
 
     def _encode(self, text: str, what: str) -> bytes:
@@ -668,40 +806,33 @@ class async_chat(dispatcher):
         return text.encode(self.encoding)
 
 
-_stock_get_terminator = async_chat.get_terminator
+def _gather(fifo: Any, limit: int) -> Any:
+    """The data items at the head of ``fifo`` that fit in ``limit`` bytes,
+    joined (at least the head).  O(items taken)."""
+    parts = []
+    total = 0
+    for item in fifo:
+        kind = type(item)
+        if kind is not bytes and kind is not memoryview:
+            break
+        size = len(item)
+        if parts and total + size > limit:
+            break
+        parts.append(item)
+        total += size
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-class simple_producer:
-    """A producer handing out ``data`` in pieces of ``buffer_size`` bytes.
-
-    ``more()`` returns the next piece, then ``b""`` once all is given.  The
-    ``data`` attribute is what remains.  A ``buffer_size`` of 0 or less hands
-    out everything at once.  Linear time: pieces are cut at an offset, the
-    remainder is not copied on each call.
-    """
-
-    def __init__(self, data: Any, buffer_size: int = 512) -> None:
-        self.data = data
-        self.buffer_size = buffer_size
-
-    @property
-    def data(self) -> Any:
-        pos = self._pos
-        return self._data[pos:] if pos else self._data
-
-    @data.setter
-    def data(self, value: Any) -> None:
-        self._data = value
-        self._pos = 0
-
-    def more(self) -> Any:
-        data = self._data
-        pos = self._pos
-        size = self.buffer_size
-        if size > 0 and len(data) - pos > size:
-            self._pos = pos + size
-            return data[pos:pos + size]
-        rest = data[pos:] if pos else data
-        self._data = b""
-        self._pos = 0
-        return rest
+def _consume(fifo: Any, sent: int) -> None:
+    """Drop ``sent`` bytes from the data items at the head of ``fifo``; a
+    partly sent item is replaced by a view of its rest (never a copy)."""
+    while sent:
+        head = fifo[0]
+        size = len(head)
+        if sent >= size:
+            del fifo[0]
+            sent -= size
+        else:
+            view = head if type(head) is memoryview else memoryview(head)
+            fifo[0] = view[sent:]
+            return

@@ -172,16 +172,10 @@ def _resolve_backend(name: Optional[str]) -> Tuple[str, str]:
         _CliError: unknown or unavailable (status 2).
     """
     try:
-        chosen = _backends.choose_backend(name)
+        choice = _backends.resolve_backend(name)
     except _backends.UnknownBackendError as exc:
         raise _CliError(str(exc), 2) from None
-    if name is not None:
-        origin = "auto" if name.strip().lower() == _backends.AUTO else "--backend"
-    elif _backends.registry.environ_backend() is not None:
-        origin = f"${_backends.ENV_VAR}"
-    else:
-        origin = "auto"
-    return chosen, origin
+    return choice.name, "--backend" if choice.origin == "argument" else choice.origin
 
 
 def _fd_limit_report(raise_it: bool) -> str:
@@ -268,9 +262,10 @@ def _run(ns: argparse.Namespace, program_args: List[str], real_cli: bool) -> int
                         "(see 'pollchat run --help')", 2)
     backend, origin = _resolve_backend(ns.backend)
     if origin == "auto":
-        # The precedence (pollchat.backends.registry): a program's own choice,
-        # such as asyncore.loop(use_poll=True), comes before auto.
-        origin = "auto, unless the program picks one"
+        # The precedence (pollchat.backends.registry): a program's own choice
+        # comes before auto; its use_poll=True also means the best here but
+        # select, which is the same choice unless select is all there is.
+        origin = "auto, unless the program picks one; use_poll=True gets it too"
     if ns.module is None and not os.path.exists(ns.script):
         raise _CliError(f"can't open file {os.path.abspath(ns.script)!r}: "
                         f"[Errno 2] No such file or directory", 2)
@@ -418,9 +413,12 @@ def _backends_report() -> List[str]:
     order = ", ".join(_backends.PREFERENCE)
     pairs = [("auto picks", f"{best} (the first available of: {order})" if best
               else "nothing: no backend is available")]
-    env = _backends.registry.environ_backend()
+    env = os.environ.get(_backends.ENV_VAR, "").strip() or None
     if env is None:
         pairs.append((f"${_backends.ENV_VAR}", f"unset, so programs use {best} (auto)"))
+        pairs.append(("use_poll=True", "asyncore.loop(use_poll=True) picks "
+                      f"{_backends.resolve_backend(use_poll=True).name} (the best here but "
+                      "select)"))
     else:
         try:
             pairs.append((f"${_backends.ENV_VAR}",

@@ -1,35 +1,25 @@
-"""The event loop: a backend, a channel map, timers, and interest tracking.
+"""The event loop: a backend, a channel map, timers, and one pass at a time.
 
-asyncore's contract is level-triggered predicates: before every pass it asks
-each channel ``readable()`` and ``writable()``.  Asking 10,000 idle channels
-on every pass is what makes the originals O(all connections).  A :class:`Loop`
-keeps the answer registered in its backend between passes instead, and asks
-again only where the answer may have changed:
+A :class:`Loop` *holds* its pieces, each in a module of its own:
 
-* **dirty** fds: the channel was just added, or one of its handlers just ran,
-  or a method that changes its state was called (``connect()``, ``listen()``,
-  ``push()``, ``send()`` of ``dispatcher_with_send``...).  Those methods call
-  ``_interest_changed()``, which adds the fd here.
-* **polled** fds: the channel's class overrides ``readable()``/``writable()``
-  with its own code, which may depend on anything, so it is asked on every
-  pass (and the backend told only when the answer changes).  The library's
-  own predicates are marked with :func:`managed_interest` and are trusted to
-  change only through the methods above.
+* the backend (:mod:`pollchat.backends`): the kernel's poller;
+* :class:`~pollchat.interest.Interest`: which events each channel wants
+  registered, re-checked only where it may have changed (O(ready) passes);
+* :class:`~pollchat.timers.TimerQueue` and
+  :class:`~pollchat.idle.IdleTimeouts`: timers, and idle timeouts on them;
+* :class:`~pollchat.dispatch.ErrorPolicy`: events to handlers, and the one
+  place handler errors are caught;
+* :class:`~pollchat.wakeup.Waker`: wake-ups from other threads.
 
-One pass therefore costs O(ready + dirty + polled), not O(map).  ``strict``
-mode (``Loop(strict=True)`` or ``POLLCHAT_STRICT=1``) polls every channel, for
-legacy code that changes channel state behind the methods' backs (appending to
-``producer_fifo`` directly, say).
+Channels talk to their loop through a few named calls, and nothing else:
+:meth:`Loop.channel_added`, :meth:`Loop.channel_removed`,
+:meth:`Loop.interest_changed`, :meth:`Loop.add_ready`,
+:meth:`Loop.set_idle_timeout`, :meth:`Loop.call_later` and
+:attr:`Loop.max_fd`.
 
-Invariants (see docs/design.md):
-
-* ``fd in self._channels`` iff the fd is registered in the backend, with mask
-  ``self._masks[fd]`` (never 0), on behalf of the channel ``self._channels[fd]``.
-* An event is dispatched only if ``map[fd]`` is still the channel that was
-  registered when the poll returned (the fd-reuse race, bpo-30931).
-* Removing a channel unregisters it at once (the fd is still open then);
-  adding one only marks it dirty, so a channel added during a pass cannot
-  receive events meant for a closed channel that had the same fd.
+Invariant at dispatch: an event reaches a channel only if the map still holds
+that channel under the key it was registered with (the fd-reuse race,
+bpo-30931); see :mod:`pollchat.interest` for how removal and addition keep it.
 """
 
 from __future__ import annotations
@@ -40,104 +30,34 @@ import os
 import threading
 from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, Union
 
-from .backends import NVAL, PRI, READ, WRITE, Backend, make_backend
-from .dispatch import REraised, call_handler, dispatch
+from . import maps
+from .backends import NVAL, READ, Backend, event_names, make_backend
+from .dispatch import ErrorPolicy, REraised
+from .idle import IdleTimeouts, check_timeout
+from .interest import Interest, managed_interest
 from .timers import TimerHandle, TimerQueue
 from .wakeup import Waker
 
-__all__ = ["Loop", "get_loop", "loop_for_map", "managed_interest", "get_socket_map",
-           "set_socket_map", "STRICT_ENV_VAR"]
+__all__ = ["Loop", "STRICT_ENV_VAR", "get_loop", "loop_for_map", "managed_interest"]
 
 logger = logging.getLogger("pollchat")
 
+#: ``POLLCHAT_STRICT=1`` asks every channel on every pass (CPython's way);
+#: ``POLLCHAT_STRICT=check`` keeps O(ready) passes but compares every
+#: channel's answers with its registration on each pass and warns on a
+#: difference (a debugging aid: O(map) per pass).
 STRICT_ENV_VAR = "POLLCHAT_STRICT"
 
-# Library predicates whose answers change only through methods that call
-# _interest_changed(): channels using them are not asked every pass.
-_MANAGED: Set[Callable[..., Any]] = set()
-# class -> True if it overrides readable()/writable() with unmanaged code.
-_polls_cache: Dict[type, bool] = {}
+# A loop whose poll found nothing asks every trusted channel again, at most
+# this often (seconds): the safety net that turns a state change the library
+# could not observe into a warning and a short delay, never a silent hang.
+AUDIT_INTERVAL = 1.0
 
-# Loops by id() of their map.  A loop holds its map, so the id cannot be
-# reused while the entry exists.  Implicit loops (made by the module-level
-# functions for a map) leave this table when their map is empty and no timer
-# is pending; explicit ones when closed.
-_loops: Dict[int, Loop] = {}
-_loops_lock = threading.RLock()  # re-entered: get_loop() -> Loop()
-
-# The default channel map, asyncore.socket_map (a plain dict, as in CPython).
-_default_map: Dict[Any, Any] = {}
+loop_for_map = maps.loop_for_map
 
 # Bumped in a forked child: every loop then rebuilds its kernel objects,
 # which it would otherwise share with the parent.
 _fork_generation = 0
-
-
-def managed_interest(predicate: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark a library ``readable``/``writable`` implementation as managed:
-    its answer changes only when the channel calls ``_interest_changed()``."""
-    _MANAGED.add(predicate)
-    _polls_cache.clear()
-    return predicate
-
-
-def _polls_predicates(channel: Any) -> bool:
-    cls = type(channel)
-    polls = _polls_cache.get(cls)
-    if polls is None:
-        polls = (getattr(cls, "readable", None) not in _MANAGED
-                 or getattr(cls, "writable", None) not in _MANAGED)
-        _polls_cache[cls] = polls
-    if polls:
-        return True
-    # An instance-level override (obj.readable = ..., mock.patch.object).
-    # Checked through the bound methods: touching channel.__dict__ would
-    # materialize the instance dict, which makes every later attribute
-    # access on the channel slower on CPython 3.11+.
-    for name in ("readable", "writable"):
-        bound = getattr(channel, name)
-        if (getattr(bound, "__func__", None) is not getattr(cls, name)
-                or getattr(bound, "__self__", None) is not channel):
-            return True
-    return False
-
-
-def get_socket_map() -> Dict[Any, Any]:
-    """The default channel map (``asyncore.socket_map``)."""
-    return _default_map
-
-
-def set_socket_map(new_map: Dict[Any, Any]) -> None:
-    """Replace the default channel map (``asyncore.socket_map = ...``)."""
-    global _default_map
-    _default_map = new_map
-
-
-def loop_for_map(map: Any) -> Optional[Loop]:
-    """The loop serving ``map``, if one exists.  O(1)."""
-    return _loops.get(id(map))
-
-
-def get_loop(map: Optional[Dict[Any, Any]] = None, *,
-             backend: Union[str, Backend, None] = None, use_poll: bool = False) -> Loop:
-    """The loop serving ``map`` (default: ``asyncore.socket_map``), created on
-    first use with the backend chosen by ``backend``, then
-    ``POLLCHAT_BACKEND``, then the ``use_poll`` hint, then ``auto``.
-
-    ``backend`` and ``use_poll`` matter only when the loop is created: a
-    loop's backend is fixed for its lifetime.
-    """
-    if map is None:
-        map = _default_map
-    found = _loops.get(id(map))
-    if found is not None:
-        return found
-    with _loops_lock:
-        found = _loops.get(id(map))
-        if found is None:
-            found = Loop(backend, map, use_poll=use_poll)
-            found._implicit = True
-        return found
 
 
 def _in_child_after_fork() -> None:
@@ -149,6 +69,37 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_in_child_after_fork)
 
 
+def get_loop(map: Optional[Dict[Any, Any]] = None, *,
+             backend: Union[str, Backend, None] = None, use_poll: bool = False) -> Loop:
+    """The loop serving ``map`` (default: ``asyncore.socket_map``), created on
+    first use with the backend chosen by ``backend``, then
+    ``POLLCHAT_BACKEND``, then the ``use_poll`` hint, then ``auto``.
+
+    ``backend`` and ``use_poll`` matter only when the loop is created: a
+    loop's backend is fixed for its lifetime.  Creating one first closes the
+    implicit loops of maps that nobody holds any more (:func:`maps.sweep`).
+    """
+    if map is None:
+        map = maps.get_socket_map()
+    found = maps.loop_for_map(map)
+    if found is not None:
+        return found
+    with maps._lock:
+        found = maps.loop_for_map(map)
+        if found is None:
+            maps.sweep()
+            found = Loop(backend, map, use_poll=use_poll)
+            found._implicit = True
+        return found
+
+
+def _strict_from_env() -> Union[bool, str]:
+    value = os.environ.get(STRICT_ENV_VAR, "").strip().lower()
+    if value == "check":
+        return "check"
+    return value not in ("", "0", "false", "no", "off")
+
+
 class Loop:
     """An event loop over one channel map, on one backend.
 
@@ -156,58 +107,166 @@ class Loop:
         backend: a backend name (``'epoll'``, ``'auto'``...), a
             :class:`~pollchat.backends.Backend` instance to own, or ``None``
             for ``POLLCHAT_BACKEND``/``auto``.
-        map: the channel map (fd -> channel) to serve; a new dict if omitted.
-            Channels join it with ``dispatcher(sock, map=loop.map)``.
+        map: the channel map (key -> channel) to serve; a new dict if
+            omitted.  Channels join it with ``dispatcher(sock, map=loop.map)``.
         use_poll: the legacy hint, used only when nothing else names a backend.
-        strict: ask every channel ``readable()``/``writable()`` on every pass,
-            as CPython did (default: ``POLLCHAT_STRICT``, else off).
+        strict: ``True`` asks every channel ``readable()``/``writable()`` on
+            every pass, as CPython did; ``"check"`` compares their answers
+            with the registrations on every pass and warns on a difference
+            (default: ``POLLCHAT_STRICT``, else off).
         isolate_errors: when a channel's ``handle_error()`` itself raises, log
             it and close that channel instead of letting the exception out of
             the loop (CPython lets it out; default off).
 
     Raises:
+        TypeError: ``map`` is not a dict.
         ValueError: ``map`` already has a loop (use :func:`get_loop`).
         UnknownBackendError: the backend name is unknown or unavailable.
     """
 
+    #: References to ``map`` held by the loop's own objects (``self.map``,
+    #: the interest tracker's, the idle timeouts'): :func:`maps.sweep` tells a
+    #: map nobody else holds by them.
+    map_references = 3
+
     def __init__(self, backend: Union[str, Backend, None] = None,
                  map: Optional[Dict[Any, Any]] = None, *, use_poll: bool = False,
-                 strict: Optional[bool] = None, isolate_errors: bool = False) -> None:
+                 strict: Union[bool, str, None] = None, isolate_errors: bool = False) -> None:
         if map is None:
             map = {}
         if not isinstance(map, dict):
             raise TypeError(f"map must be a dict of fd -> channel, not {type(map).__name__}")
-        self.backend: Backend = make_backend(backend, use_poll=use_poll)
-        self.map = map
-        self.timers = TimerQueue()
         if strict is None:
-            strict = os.environ.get(STRICT_ENV_VAR, "").strip() not in ("", "0")
-        self.strict = bool(strict)
-        self.isolate_errors = isolate_errors
-        self._implicit = False
-        self._channels: Dict[Any, Any] = {}  # fd -> channel registered in the backend
-        self._masks: Dict[Any, int] = {}  # fd -> the mask registered for it
-        self._dirty: Set[Any] = set(map)  # fds to re-sync before the next poll
-        self._polled: Set[Any] = set()  # fds whose channel is asked every pass
-        self._reading_paused: Set[Any] = set()  # fds whose READ interest is withheld
-        self._idle: Dict[Any, _IdleWatch] = {}  # fd -> idle timeout watch
-        self._map_len = len(map)
-        self._callbacks: Deque[Tuple[Callable[..., Any], tuple]] = collections.deque()
+            strict = _strict_from_env()
+        elif strict not in (True, False, "check"):
+            raise ValueError(f"strict must be True, False or 'check', not {strict!r}")
+        self.map = map
+        self.backend: Backend = make_backend(backend, use_poll=use_poll)
+        self.timers = TimerQueue()
+        self._checking = strict == "check"
+        self._errors = ErrorPolicy(isolate_errors, self.channel_removed)
+        self._interest = Interest(self.backend, map, strict=strict is True,
+                                  refused=self._registration_refused,
+                                  predicate_failed=self._predicate_failed)
+        self._dirty = self._interest.dirty  # the set interest_changed() adds to
+        self._idle = IdleTimeouts(self.timers, map, self._idle_expired)
+        self._ready: Dict[Any, int] = {}  # key -> events to deliver without the kernel
+        self._callbacks: Deque[Tuple[Callable[..., Any], Tuple[Any, ...]]] = collections.deque()
         self._callbacks_lock = threading.Lock()
         self._owner: Optional[int] = None  # thread running the loop
         self._depth = 0
         self._stopping = False
         self._closed = False
+        self._implicit = False
+        self._next_audit = 0.0
+        self._warned: Set[type] = set()  # classes already warned about by the audit
         self._generation = _fork_generation
         self._waker = Waker()
-        self.backend.register(self._waker.fileno(), READ)
-        with _loops_lock:
-            if id(map) in _loops:
-                self._release_kernel_objects()
-                raise ValueError("this map already has a loop; use pollchat.get_loop(map)")
-            _loops[id(map)] = self
+        try:
+            self.backend.register(self._waker.fileno(), READ)
+            maps.attach(self)
+        except BaseException:
+            self._release_kernel_objects()
+            raise
+        for key, channel in list(map.items()):  # channels added before the loop existed
+            self._arm_idle_timeout(key, channel)
 
-    # -- scheduling ---------------------------------------------------------------
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def strict(self) -> bool:
+        """Whether every channel is asked its predicates on every pass."""
+        return self._interest.strict
+
+    @property
+    def isolate_errors(self) -> bool:
+        return self._errors.isolate
+
+    @isolate_errors.setter
+    def isolate_errors(self, value: bool) -> None:
+        self._errors.isolate = bool(value)
+
+    @property
+    def max_fd(self) -> Optional[int]:
+        """The largest fd the backend can watch (``None``: no limit of its own)."""
+        return self.backend.max_fd
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- what channels call ---------------------------------------------------------
+
+    def channel_added(self, key: Any, channel: Any) -> None:
+        """``channel`` was put in the map at ``key`` (``add_channel()``).
+        It is registered at the next pass.  O(1)."""
+        self._interest.added(key)
+        self._arm_idle_timeout(key, channel)
+
+    def channel_removed(self, key: Any, channel: Any) -> None:
+        """``channel`` left the map (``del_channel()``): it is unregistered
+        now, while its fd is still open.  O(1)."""
+        self._interest.removed(key, channel)
+        self._idle.forget(key, channel)
+        self._ready.pop(key, None)
+
+    def interest_changed(self, key: Any) -> None:
+        """The channel at ``key`` may now want other events: ask it again
+        before the next poll.  O(1); thread-unsafe, like the channel itself."""
+        self._dirty.add(key)
+
+    def add_ready(self, key: Any, events: int) -> None:
+        """Deliver ``events`` to the channel at ``key`` at the next pass as if
+        the kernel had reported them, for data the kernel cannot see (bytes a
+        TLS layer already decrypted, a PROXY header already parsed).  The next
+        poll does not block.  Delivered only while the channel is registered
+        for them (so a channel that stopped reading is not pushed data).
+        O(1)."""
+        self._ready[key] = self._ready.get(key, 0) | events
+
+    def set_idle_timeout(self, channel: Any, seconds: Optional[float]) -> None:
+        """Run ``channel.handle_timeout()`` once no event reached it for
+        ``seconds`` (``None`` or 0 cancels).  One timer per channel, re-armed
+        lazily: activity itself only stores a timestamp.
+
+        Raises:
+            TypeError, ValueError: ``seconds`` is not a positive number.
+            ValueError: the channel is not in this loop's map.
+        """
+        check_timeout(seconds)
+        key = getattr(channel, "_fileno", None)
+        if key is None or self.map.get(key) is not channel:
+            raise ValueError(f"{channel!r} is not in this loop's map: add it first")
+        self._idle.set(key, channel, seconds)
+
+    def _arm_idle_timeout(self, key: Any, channel: Any) -> None:
+        seconds = getattr(channel, "idle_timeout", None)
+        if seconds:
+            self._idle.set(key, channel, seconds)
+
+    def pause_reading(self, key: Any) -> None:
+        """Pause reading on the channel at ``key`` (``channel.pause_reading()``)."""
+        channel = self.map.get(key)
+        if channel is not None:
+            channel.pause_reading()
+
+    def resume_reading(self, key: Any) -> None:
+        """Undo :meth:`pause_reading` (``channel.resume_reading()``)."""
+        channel = self.map.get(key)
+        if channel is not None:
+            channel.resume_reading()
+
+    def reading_paused(self, key: Any) -> bool:
+        """Whether the channel at ``key`` has reading paused."""
+        return bool(getattr(self.map.get(key), "_pc_reading_paused", False))
+
+    def reconcile(self) -> None:
+        """Check every channel against the map before the next poll: for code
+        that swaps map entries directly without changing the map's size (size
+        changes are noticed on their own).  O(map)."""
+        self._interest.reconcile()
+
+    # -- scheduling -----------------------------------------------------------------
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         """Call ``callback(*args)`` from the loop in ``delay`` seconds.
@@ -218,7 +277,7 @@ class Loop:
         return self.timers.call_later(delay, callback, *args)
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Call ``callback(*args)`` at ``when`` on :meth:`time` 's clock."""
+        """Call ``callback(*args)`` at ``when`` on :meth:`time`'s clock."""
         return self.timers.call_at(when, callback, *args)
 
     def time(self) -> float:
@@ -227,7 +286,12 @@ class Loop:
 
     def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
         """Call ``callback(*args)`` from the loop's thread, soon; safe to call
-        from any thread, and wakes the loop if it is blocked in poll."""
+        from any thread, and wakes the loop if it is blocked in poll.
+
+        Raises:
+            TypeError: ``callback`` is not callable.
+            RuntimeError: the loop is closed.
+        """
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {callback!r}")
         if self._closed:
@@ -246,10 +310,11 @@ class Loop:
         if not self._closed:
             self._waker.wake()
 
-    # -- running --------------------------------------------------------------------
+    # -- running ----------------------------------------------------------------------
 
     def run(self, timeout: Optional[float] = 30.0, count: Optional[int] = None, *,
-            wait_for_timers: bool = True) -> None:
+            wait_for_timers: bool = True,
+            sleep: Optional[Callable[[Optional[float]], None]] = None) -> None:
         """Run passes until there is nothing left to wait for, ``count``
         passes are done, or :meth:`stop` is called.
 
@@ -257,45 +322,60 @@ class Loop:
         pending timer and no queued callback.  ``asyncore.loop()`` passes
         ``wait_for_timers=False``: it returns when its map is empty, as
         CPython's does.  ``timeout`` bounds each pass's wait (seconds; ``None``
-        blocks until an event or timer).
+        blocks until an event or timer).  ``sleep``: as for :meth:`run_once`.
         """
         self._stopping = False
         remaining = count
         while not self._stopping and (remaining is None or remaining > 0):
             if not self.map and (not wait_for_timers or not (self.timers or self._callbacks)):
                 break
-            self.run_once(timeout)
+            self.run_once(timeout, sleep)
             if remaining is not None:
                 remaining -= 1
 
-    def run_once(self, timeout: Optional[float] = 0.0) -> None:
-        """One pass: bring the backend's interest up to date, wait up to
+    def run_once(self, timeout: Optional[float] = 0.0,
+                 sleep: Optional[Callable[[Optional[float]], None]] = None) -> None:
+        """One pass: bring the registrations up to date, wait up to
         ``timeout`` seconds for events (less if a timer is due sooner), then
         dispatch the events, the due timers and the queued callbacks.
 
-        With an empty map and nothing scheduled it returns without waiting,
-        as CPython's ``poll()`` did.
+        With an empty map and nothing scheduled it returns at once, as
+        CPython's ``poll()`` did.  ``sleep``, if given, is called instead of
+        polling when no channel wants anything and nothing is scheduled
+        (CPython's ``poll()`` slept with ``time.sleep`` then).
 
         Raises:
             RuntimeError: the loop is closed, or running in another thread.
         """
         self._enter()
-        # The timer heap itself, not the TimerQueue: len() of the queue is a
+        # The heap itself, not the TimerQueue: len() of the queue is a
         # Python-level call, and this runs on every pass.
         heap = self.timers._heap
+        interest = self._interest
         try:
             if self._generation != _fork_generation:
                 self._renew_after_fork()
-            self._sync_interest()
+            if (self._dirty or interest.polled or interest.strict
+                    or len(self.map) != interest.map_len):
+                interest.sync()
+            if self._checking:
+                self.audit()
             if not self.map and not heap and not self._callbacks:
                 return
-            if self._callbacks:
+            if self._callbacks or self._ready:
                 timeout = 0.0
             elif heap:
                 timeout = self.timers.timeout(timeout)
+            elif sleep is not None and len(self.backend.get_map()) == 1:
+                sleep(timeout)  # only the waker is registered: no channel wants anything
+                return
             events = self.backend.poll(timeout)
+            if self._ready:
+                events = self._merge_ready(events)
             if events:
                 self._dispatch(events)
+            elif not interest.strict and not self._checking and self.map:
+                self._audit_when_idle()
             if heap:
                 self._run_timers()
             if self._callbacks:
@@ -320,275 +400,118 @@ class Loop:
         if not self._depth:
             self._owner = None
 
-    # -- interest -------------------------------------------------------------------
-
-    def _interest_changed(self, fd: Any) -> None:
-        """A channel's ``readable()``/``writable()`` may answer differently."""
-        self._dirty.add(fd)
-
-    def _channel_added(self, fd: Any, channel: Any) -> None:
-        """``add_channel()`` put ``channel`` in the map at ``fd``."""
-        self._dirty.add(fd)
-        self._map_len = len(self.map)
-        timeout = getattr(channel, "idle_timeout", None)
-        if timeout:
-            self.set_idle_timeout(channel, timeout)
-
-    def _channel_removed(self, fd: Any, channel: Any) -> None:
-        """``del_channel()`` took ``channel`` out of the map.  Unregister now,
-        while the fd is still open (``close()`` closes it next)."""
-        if self._channels.get(fd) is channel:
-            self._unregister(fd)
-        self._polled.discard(fd)
-        self._reading_paused.discard(fd)
-        watch = self._idle.get(fd)
-        if watch is not None and watch.channel is channel:
-            del self._idle[fd]
-            watch.timer.cancel()
-        self._dirty.add(fd)  # a raw map write may have put another channel there
-        self._map_len = len(self.map)
-
-    def reconcile(self) -> None:
-        """Re-check every channel against the map before the next poll: for
-        code that swaps map entries directly without changing the map's size
-        (size changes are noticed on their own).  O(map)."""
-        self._dirty.update(self.map)
-        self._dirty.update(self._channels)
-
-    def _sync_interest(self) -> None:
-        map = self.map
-        if len(map) != self._map_len:
-            # Someone wrote to the map directly (del map[fd], map.clear()...).
-            self.reconcile()
-            self._map_len = len(map)
-        if self.strict:
-            self._dirty.update(map)
-        elif self._polled:
-            self._dirty.update(self._polled)
-        if self._dirty:
-            dirty, self._dirty = self._dirty, set()
-            for fd in dirty:
-                self._sync(fd)
-
-    def _sync(self, fd: Any) -> None:
-        """Make the backend's registration for ``fd`` match ``map[fd]``."""
-        channel = self.map.get(fd)
-        registered = self._channels.get(fd)
-        if registered is not None and registered is not channel:
-            self._unregister(fd)
-            registered = None
-        if channel is None:
-            self._polled.discard(fd)
-            return
-        if registered is None:
-            # A channel new to the backend (or one that wanted nothing): decide
-            # once whether it is asked every pass.  Not on every sync: that
-            # is the hot path of a busy channel.
-            if _polls_predicates(channel):
-                self._polled.add(fd)
-            else:
-                self._polled.discard(fd)
-        try:
-            mask = 0
-            if channel.readable():
-                mask = READ | PRI
-            if channel.writable() and not channel.accepting:
-                mask |= WRITE
-        except REraised:
-            raise
-        except Exception:
-            self._report(channel, "handle_error")
-            return
-        if fd in self._reading_paused:
-            mask &= WRITE
-        if mask == self._masks.get(fd, 0):
-            return
-        try:
-            if not mask:
-                self._unregister(fd)
-            elif registered is None:
-                self.backend.register(fd, mask)
-            else:
-                self.backend.modify(fd, mask)
-        except (OSError, ValueError, TypeError) as exc:
-            # The fd cannot be watched (closed behind our back, too large for
-            # select(), not an fd at all): the channel is dead.  Treat it as
-            # poll(2) treats a closed fd, POLLNVAL: handle_close().
-            logger.error("cannot watch %r (fd %r) with the %s backend: %s; closing it",
-                         channel, fd, self.backend.name, exc)
-            self._masks.pop(fd, None)
-            self._channels.pop(fd, None)
-            self._deliver(channel, NVAL, fd)
-            return
-        if mask:
-            self._channels[fd] = channel
-            self._masks[fd] = mask
-
-    def _unregister(self, fd: Any) -> None:
-        self._channels.pop(fd, None)
-        self._masks.pop(fd, None)
-        try:
-            self.backend.unregister(fd)
-        except (KeyError, ValueError, TypeError):
-            pass  # never reached the kernel (bookkeeping only): nothing to undo
-
-    # -- flow control and timeouts -----------------------------------------------
-
-    def pause_reading(self, fd: Any) -> None:
-        """Stop watching ``fd`` for reads (and priority data) until
-        :meth:`resume_reading`; writes are still watched.  For backpressure,
-        and for the accept back-off on ``EMFILE``.  O(1)."""
-        self._reading_paused.add(fd)
-        self._dirty.add(fd)
-
-    def resume_reading(self, fd: Any) -> None:
-        """Undo :meth:`pause_reading`.  O(1); a no-op if not paused."""
-        if fd in self._reading_paused:
-            self._reading_paused.discard(fd)
-            self._dirty.add(fd)
-
-    def reading_paused(self, fd: Any) -> bool:
-        return fd in self._reading_paused
-
-    def set_idle_timeout(self, channel: Any, seconds: Optional[float]) -> None:
-        """Call ``channel.handle_timeout()`` once no event reached it for
-        ``seconds``; ``None`` (or 0) cancels.  Costs one timer per channel,
-        re-armed lazily: activity itself only stores a timestamp.
-
-        Raises:
-            TypeError, ValueError: ``seconds`` is not a positive number.
-            ValueError: the channel is not in this loop's map.
-        """
-        fd = getattr(channel, "_fileno", None)
-        if fd is None or self.map.get(fd) is not channel:
-            raise ValueError(f"{channel!r} is not in this loop's map: add it first")
-        old = self._idle.pop(fd, None)
-        if old is not None:
-            old.timer.cancel()
-        if seconds is None or seconds == 0:
-            return
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise TypeError(f"idle timeout must be a number of seconds or None, not {seconds!r}")
-        if not seconds > 0:
-            raise ValueError(f"idle timeout must be positive, not {seconds!r}")
-        watch = _IdleWatch(channel, float(seconds), self.timers.clock())
-        watch.timer = self.call_later(seconds, self._check_idle, fd, watch)
-        self._idle[fd] = watch
-
-    def _check_idle(self, fd: Any, watch: _IdleWatch) -> None:
-        if self._idle.get(fd) is not watch:
-            return  # replaced or cancelled since
-        if self.map.get(fd) is not watch.channel:
-            del self._idle[fd]  # left the map behind our back
-            return
-        remaining = watch.last_active + watch.seconds - self.timers.clock()
-        if remaining > 0:
-            watch.timer = self.call_later(remaining, self._check_idle, fd, watch)
-            return
-        del self._idle[fd]
-        self._dirty.add(fd)
-        self._report(watch.channel, "handle_timeout", via_handle_error=True)
-
-    # -- dispatch -------------------------------------------------------------------
-
     def _dispatch(self, events: Any) -> None:
         """Hand each ready fd's events to its channel.  The hot path: per
-        event a few dict lookups and one call.
+        event two dict lookups and one call (three for anything but READ).
 
-        No re-sync of the channel follows: the library's own predicates
-        change only through methods that call ``_interest_changed()``, and
-        channels with predicates of their own are re-synced every pass anyway.
+        No re-sync of the channel follows: its state changes are reported as
+        they happen, and channels with predicates of their own are re-synced
+        every pass anyway.
         """
-        channels_get = self._channels.get
+        keys = self._interest.keys
         map = self.map
         map_get = map.get
-        idle = self._idle
-        now = self.timers.clock() if idle else 0.0
+        watches = self._idle.watches
+        now = self.timers.clock() if watches else 0.0
+        deliver = self._errors.deliver
         for fd, mask in events:
-            channel = channels_get(fd)
-            if channel is None:
-                # Unregistered during this pass (closed), or the waker.
-                if fd == self._waker.fileno_r:
-                    self._waker.drain()
-                continue
-            if map_get(fd) is not channel:
-                self._dirty.add(fd)  # the map changed under us: re-sync, don't dispatch
-                continue
-            if idle and fd in idle:
-                idle[fd].last_active = now
-            # _deliver(), inlined: one call less per event.
             try:
-                dispatch(channel, mask, fd, map)
-            except REraised:
-                raise
-            except Exception:
-                self._error_handler_raised(channel)
+                reg = keys[fd]
+            except KeyError:
+                continue  # unregistered earlier in this pass (closed)
+            channel = reg.data
+            if channel is None:
+                self._waker.drain()
+                continue
+            key = reg.fileobj
+            if map_get(key) is not channel:
+                self._dirty.add(key)  # the map changed under us: re-sync, don't dispatch
+                continue
+            if watches:
+                watch = watches.get(key)
+                if watch is not None:
+                    watch.last_active = now
+            deliver(channel, mask, key, map)
 
-    def _deliver(self, channel: Any, mask: int, fd: Any) -> None:
+    def _merge_ready(self, events: Any) -> Any:
+        """Add the synthetic events (:meth:`add_ready`) the channels are
+        registered for to the kernel's; the others wait."""
+        merged = dict(events)
+        registration = self._interest.registration
+        for key, wanted in list(self._ready.items()):
+            reg = registration(key)
+            deliverable = wanted & reg.events if reg is not None else 0
+            if deliverable:
+                merged[reg.fd] = merged.get(reg.fd, 0) | deliverable
+                del self._ready[key]
+        return list(merged.items())
+
+    # -- errors reported to the loop -------------------------------------------------
+
+    def _registration_refused(self, channel: Any, key: Any, exc: Exception) -> None:
+        # Treat it as poll(2) treats a closed fd, POLLNVAL: handle_close().
+        logger.error("cannot watch %r (fd %r) with the %s backend: %s; closing it",
+                     channel, key, self.backend.name, exc)
+        self._errors.deliver(channel, NVAL, key, self.map)
+
+    def _predicate_failed(self, channel: Any) -> None:
+        # readable()/writable() raised: that channel's handle_error(), as an
+        # exception in a handler would.
         try:
-            dispatch(channel, mask, fd, self.map)
+            channel.handle_error()
         except REraised:
             raise
         except Exception:
-            self._error_handler_raised(channel)
+            self._errors.error_handler_failed(channel, self.map)
 
-    def _error_handler_raised(self, channel: Any) -> None:
-        # Only handle_error() (or handle_close() on a disconnect) can get
-        # here: dispatch() caught the handler's own exception.
-        if not self.isolate_errors:
-            raise  # noqa: PLE0704 - called from an except block: re-raises it
-        logger.exception("error handler of %r raised; closing the channel", channel)
-        self._force_close(channel)
+    def _idle_expired(self, key: Any, channel: Any) -> None:
+        self._dirty.add(key)
+        self._errors.call(channel, "handle_timeout", self.map, via_handle_error=True)
 
-    def _report(self, channel: Any, method: str, via_handle_error: bool = False) -> None:
-        """Call ``channel.<method>()``; with ``via_handle_error``, its errors go
-        to ``handle_error()`` first, as a handler's would."""
-        try:
-            if via_handle_error:
-                call_handler(channel, method)
-            else:
-                getattr(channel, method)()
-        except REraised:
-            raise
-        except Exception:
-            if not self.isolate_errors:
-                raise
-            logger.exception("%s of %r raised; closing the channel", method, channel)
-            self._force_close(channel)
+    # -- checking -----------------------------------------------------------------------
 
-    def _force_close(self, channel: Any) -> None:
-        try:
-            channel.close()
-        except REraised:
-            raise
-        except Exception:
-            logger.exception("close() of %r raised; dropping it from the loop", channel)
-            for fd, value in list(self.map.items()):
-                if value is channel:
-                    del self.map[fd]
-                    self._channel_removed(fd, channel)
+    def audit(self) -> int:
+        """Compare every channel's answers with its registration now; warn
+        (once per class) about each that differs, and fix it.  O(map).
+
+        Returns the number of channels whose state had changed unobserved.
+        """
+        found = self._interest.audit()
+        for _key, channel, have, wanted in found:
+            cls = type(channel)
+            if cls in self._warned:
+                continue
+            self._warned.add(cls)
+            logger.warning(
+                "%r wants %s but was watched for %s: its state changed in a way pollchat "
+                "could not observe (an attribute its readable()/writable() read was "
+                "changed in place?). Fixed for now; to have every channel asked on every "
+                "pass, as CPython did, set POLLCHAT_STRICT=1 (or Loop(strict=True)).",
+                channel, event_names(wanted), event_names(have))
+        return len(found)
+
+    def _audit_when_idle(self) -> None:
+        now = self.timers.clock()
+        if now >= self._next_audit:
+            self._next_audit = now + AUDIT_INTERVAL
+            self.audit()
+
+    # -- timers and callbacks ---------------------------------------------------------
 
     def _run_timers(self) -> None:
+        run = self._errors.run_callback
         for handle in self.timers.pop_due():
             if not handle.cancelled:
-                self._run_callback(handle._callback, handle._args)
+                run(handle._callback, handle._args)
 
     def _run_callbacks(self) -> None:
         with self._callbacks_lock:
             batch, self._callbacks = self._callbacks, collections.deque()
+        run = self._errors.run_callback
         for callback, args in batch:
-            self._run_callback(callback, args)
+            run(callback, args)
 
-    @staticmethod
-    def _run_callback(callback: Callable[..., Any], args: tuple) -> None:
-        try:
-            callback(*args)
-        except REraised:
-            raise
-        except Exception:
-            logger.exception("exception in callback %r", callback)
-
-    # -- lifetime -------------------------------------------------------------------
+    # -- lifetime ---------------------------------------------------------------------
 
     def _renew_after_fork(self) -> None:
         """In a forked child: new kernel objects, the same registrations.
@@ -601,9 +524,7 @@ class Loop:
         self.backend = make_backend(name)
         self._waker = Waker()
         self.backend.register(self._waker.fileno(), READ)
-        self._channels.clear()
-        self._masks.clear()
-        self.reconcile()
+        self._interest.use_backend(self.backend)
         self._generation = _fork_generation
 
     def _release_kernel_objects(self) -> None:
@@ -616,47 +537,44 @@ class Loop:
         if self._closed:
             return
         self._closed = True
-        with _loops_lock:
-            if _loops.get(id(self.map)) is self:
-                del _loops[id(self.map)]
-        self._channels.clear()
-        self._masks.clear()
-        self._polled.clear()
+        maps.detach(self)
+        self._interest.polled.clear()
         self._dirty.clear()
+        self._ready.clear()
+        self._idle.clear()
         self.timers.clear()
         self._release_kernel_objects()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    def releasable(self) -> bool:
+        """Whether this is an implicit loop that nothing needs right now:
+        not running, nothing scheduled.  (Its map may still be in use: see
+        :func:`maps.sweep`.)"""
+        return (self._implicit and not self._closed and not self._depth
+                and not self.timers and not self._callbacks and not self._ready)
 
     def _release_if_idle(self) -> None:
-        """Close an implicit loop once nothing needs it (empty map, nothing
-        scheduled): the module-level functions make one per map on demand."""
-        if self._implicit and not self._depth and not self.map and not self.timers \
-                and not self._callbacks:
+        """Close an implicit loop whose map is empty and that nothing needs."""
+        if not self.map and self.releasable():
             self.close()
+
+    def registered_events(self, key: Any) -> int:
+        """The events registered in the backend for the channel at ``key``
+        (0 if it is not registered): for introspection and tests."""
+        reg = self._interest.registration(key)
+        return 0 if reg is None else int(reg.events)
 
     def statistics(self) -> Dict[str, Any]:
         """Counters for introspection: backend, channels, registrations..."""
+        interest = self._interest
         return {"backend": self.backend.name, "channels": len(self.map),
-                "registered": len(self._channels), "polled": len(self._polled),
-                "dirty": len(self._dirty), "timers": len(self.timers), "strict": self.strict,
-                "reading_paused": len(self._reading_paused), "idle_watched": len(self._idle)}
+                "registered": 0 if self._closed else interest.registered(),
+                "polled": len(interest.polled), "dirty": len(self._dirty),
+                "timers": len(self.timers), "strict": interest.strict,
+                "reading_paused": sum(1 for ch in self.map.values()
+                                      if getattr(ch, "_pc_reading_paused", False)),
+                "idle_watched": len(self._idle), "ready": len(self._ready)}
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"channels={len(self.map)}"
         return f"<Loop {self.backend.name} {state} timers={len(self.timers)}>"
 
-
-
-class _IdleWatch:
-    """One channel's idle timeout: when it was last active, and its timer."""
-
-    __slots__ = ("channel", "seconds", "last_active", "timer")
-
-    def __init__(self, channel: Any, seconds: float, now: float) -> None:
-        self.channel = channel
-        self.seconds = seconds
-        self.last_active = now
-        self.timer: Optional[TimerHandle] = None
