@@ -47,15 +47,17 @@ def overview_section(rs: ResultSet, brief: bool = False) -> str:
         metric = rs.efficiency(wkey)
         if metric is None:  # efficiency_rows() lists only workloads that have one
             continue
+        values = {impl: rs.value(wkey, pkey, impl, metric.key) for impl in impls}
+        if all(value is None for value in values.values()):
+            continue  # e.g. streams too short for a CPU figure
         base = rs.baseline(wkey, pkey)
         point_label = label.split(": ", 1)[1]
         line = [label, metric.label, f"`{base}`" if base else "n/a"]
-        for impl in impls:
-            cell = rs.cell(wkey, pkey, impl)
-            shown = status_cell(cell, point_label, notes, brief=True)
+        for impl, value in values.items():
+            shown = status_cell(rs.cell(wkey, pkey, impl), point_label, notes, brief=True)
             if not shown:
-                value = rs.value(wkey, pkey, impl, metric.key)
-                shown = f"{fmt_number(value)} ({fmt_ratio(rs.ratio(wkey, pkey, impl, metric.key))})"
+                ratio = rs.ratio(wkey, pkey, impl, metric.key)
+                shown = fmt_number(value) + (f" ({fmt_ratio(ratio)})" if ratio else "")
             line.append(shown)
         body.append(line)
     parts = ["## Server CPU per unit of work" if not brief else
