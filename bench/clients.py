@@ -4,9 +4,9 @@ Stand-alone (standard library only)::
 
     python bench/clients.py stream --port P --line-size 20 --total 100000000
     python bench/clients.py bulk --port P --total 1000000000
-    python bench/clients.py pingpong --port P --conns 100 [--idle N] [--sync]
+    python bench/clients.py run --script FILE --port P --conns 100 [--idle N] [--sync]
 
-``pingpong`` is the Python twin of ``loadgen.c`` (same options, same output),
+``run`` is the Python twin of ``loadgen.c`` (same options, same output),
 used only when gcc is missing.  Every client prints one JSON object per line
 on stdout: the events ``ready`` (``--sync`` only; then a line on stdin says
 go), ``start`` and ``end`` around the measured window, and the ``result``.
@@ -16,13 +16,22 @@ Every loop is bounded in time by ``--timeout``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import operator
 import resource
 import selectors
 import socket
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+
+if TYPE_CHECKING or __package__:
+    from .scripts import LINE_HELLO, Exchange, Script
+else:  # run as a script by the harness, with the standard library only
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from scripts import LINE_HELLO, Exchange, Script
 
 BLOCK = 1 << 20  # bytes per send()/recv_into() call of the streaming clients
 
@@ -120,7 +129,8 @@ def stream(args: argparse.Namespace) -> Dict[str, Any]:
     if counted != lines_total:
         raise ClientError(f"server counted {counted} lines, {lines_total} were sent")
     nbytes = lines_total * args.line_size
-    return {"lines": lines_total, "bytes": nbytes, "line_size": args.line_size,
+    return {"lines": lines_total, "ops": lines_total, "bytes": nbytes,
+            "line_size": args.line_size,
             "lines_per_s": lines_total / measured["seconds"],
             "mb_per_s": nbytes / measured["seconds"] / 1e6, **measured}
 
@@ -142,34 +152,86 @@ def bulk(args: argparse.Namespace) -> Dict[str, Any]:
             received += n
             check_deadline(window.t0, args, f"reading ({received} of {args.total} bytes)")
         measured = window.close()
-    return {"bytes": received, "mb_per_s": received / measured["seconds"] / 1e6, **measured}
+    return {"bytes": received, "ops": received / 1e6,  # the unit of work is the MB
+            "mb_per_s": received / measured["seconds"] / 1e6, **measured}
 
 
-# -- ping-pong (fallback for loadgen.c) ------------------------------------
+# -- scripted request/reply (fallback for loadgen.c) -------------------------
 
 
-class PingPong:
-    """Sequential ping-pong on many non-blocking connections (see loadgen.c)."""
+class Connection:
+    """One non-blocking connection playing exchanges of a script."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.exchange = LINE_HELLO  # replaced by start() before any use
+        self.sent = 0
+        self.got = 0
+        self.next = 0  # index of the next exchange of the cycle
+
+    def start(self, exchange: Exchange) -> None:
+        """Send ``exchange``'s request (what fits now; :meth:`flush` the rest)."""
+        self.exchange, self.sent, self.got = exchange, 0, 0
+        self.flush()
+
+    def flush(self) -> None:
+        """Write more of the request."""
+        request = self.exchange.request
+        while self.sent < len(request):
+            try:
+                self.sent += self.sock.send(request[self.sent:])
+            except BlockingIOError:
+                return
+
+    def sending(self) -> bool:
+        """Whether part of the request is still to be written."""
+        return self.sent < len(self.exchange.request)
+
+    def read(self, what: str) -> bool:
+        """Read and check what arrived; True once the reply is complete."""
+        reply = self.exchange.reply
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return False
+            if not data:
+                raise ClientError(f"server closed an {what} connection")
+            if reply[self.got:self.got + len(data)] != data:
+                raise ClientError(f"unexpected reply on {what} connection at byte "
+                                  f"{self.got} of {len(reply)}: {data[:80]!r}")
+            self.got += len(data)
+            if self.got == len(reply):
+                return True
+
+
+class ScriptClient:
+    """Plays a script on many non-blocking connections (see loadgen.c)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.line = b"x" * (args.line_size - 1) + b"\n"
+        self.script = Script.read(args.script)
         self.selector = selectors.DefaultSelector()
-        self.idle: List[socket.socket] = []
-        self.active: List[socket.socket] = []
-        self.got: Dict[socket.socket, int] = {}
+        self.idle: List[Connection] = []
+        self.active: List[Connection] = []
+        self.issued = 0
+        self.outstanding = 0
 
-    def open(self, count: int, keep: List[socket.socket], what: str) -> None:
-        """Open ``count`` connections with one round trip each, in batches."""
+    def open(self, count: int, keep: List[Connection], what: str) -> None:
+        """Open ``count`` connections, each doing the hello exchange, in batches."""
         for lo in range(0, count, self.args.batch):
-            batch = [self.connect_one(what, lo + i, count)
+            batch = [Connection(self.connect_one(what, lo + i, count))
                      for i in range(min(self.args.batch, count - lo))]
-            for sock in batch:
-                sock.sendall(b"x\n")
-            for sock in batch:
-                if read_line(sock) != b"x":
-                    raise ClientError(f"bad echo on {what} connection")
-                sock.setblocking(False)
+            for conn in batch:
+                conn.sock.setblocking(False)
+                self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+                conn.start(self.script.hello)
+            pending = set(batch)
+            # Done when no connection of the batch is pending any more.
+            self.pump(pending.discard, functools.partial(operator.not_, pending), what)
+            if what == "idle":
+                for conn in batch:
+                    self.selector.unregister(conn.sock)
             keep.extend(batch)
 
     def connect_one(self, what: str, index: int, count: int) -> socket.socket:
@@ -180,60 +242,89 @@ class PingPong:
             raise ClientError(f"connect on {what} connection #{index + 1} of {count}: "
                               f"{exc}") from None
 
+    def pump(self, on_reply: Callable[[Connection], None], done: Callable[[], bool],
+             what: str) -> None:
+        """Serve events until ``done()``; ``on_reply`` gets each connection
+        whose exchange completed.  Fails after --timeout without progress."""
+        last = time.perf_counter()
+        while not done():
+            for key, events in self.selector.select(0.05):
+                conn = key.data
+                if events & selectors.EVENT_WRITE:
+                    conn.flush()
+                    self.watch(conn)
+                if events & selectors.EVENT_READ and conn.read(what):
+                    on_reply(conn)
+                last = time.perf_counter()
+            if time.perf_counter() - last > self.args.timeout:
+                raise ClientError(f"no reply for {self.args.timeout:.0f} s (server stalled?)")
+
+    def watch(self, conn: Connection) -> None:
+        """Watch for writability only while part of a request is unsent."""
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.sending() else 0)
+        if self.selector.get_key(conn.sock).events != events:
+            self.selector.modify(conn.sock, events, conn)
+
+    def issue(self, conn: Connection) -> None:
+        """Send the next exchange of the cycle, unless --ops is reached."""
+        if self.args.ops and self.issued >= self.args.ops:
+            return
+        exchange = self.script.cycle[conn.next]
+        conn.next = (conn.next + 1) % len(self.script.cycle)
+        self.issued += exchange.ops
+        self.outstanding += 1
+        conn.start(exchange)
+        self.watch(conn)
+
     def run(self) -> Dict[str, Any]:
-        """Open, optionally sync, then ping-pong for warmup + duration."""
+        """Open, optionally sync, then play for warmup + duration (or --ops)."""
         args = self.args
+        warmup = 0.0 if args.ops else args.warmup
         self.open(args.idle, self.idle, "idle")
         self.open(args.conns, self.active, "active")
         if args.sync:
             emit("ready", idle=args.idle, conns=args.conns)
             sys.stdin.readline()
-        for sock in self.active:
-            self.selector.register(sock, selectors.EVENT_READ)
-            self.send(sock)
-        count = self.exchange(args.warmup) if self.active else 0
+        if not self.active:
+            window = Window()
+            return {"round_trips": 0, "ops": 0, "rate": 0.0, "idle": args.idle, "conns": 0,
+                    **window.close()}
+        for conn in self.active:
+            self.issue(conn)
+        counts = [0, 0]  # round trips, ops: of the measured window only
+
+        def completed(conn: Connection) -> None:
+            self.outstanding -= 1
+            if measuring:
+                counts[0] += 1
+                counts[1] += conn.exchange.ops
+            self.issue(conn)
+
+        measuring = False
+        end = time.perf_counter() + warmup
+        self.pump(completed, lambda: time.perf_counter() >= end, "active")
+        measuring = True
         window = Window()
-        count = self.exchange(args.duration) if self.active else 0
+        end = time.perf_counter() + args.duration
+        self.pump(completed, (lambda: self.outstanding == 0) if args.ops
+                  else (lambda: time.perf_counter() >= end), "active")
         measured = window.close()
-        return {"round_trips": count, "rate": count / measured["seconds"],
-                "idle": args.idle, "conns": args.conns, "line_size": args.line_size,
-                **measured}
-
-    def send(self, sock: socket.socket) -> None:
-        """Start one round trip."""
-        self.got[sock] = 0
-        sock.send(self.line)
-
-    def exchange(self, seconds: float) -> int:
-        """Round trips completed within ``seconds``."""
-        size, count = len(self.line), 0
-        end = time.perf_counter() + seconds
-        last = time.perf_counter()
-        while time.perf_counter() < end:
-            for key, _ in self.selector.select(0.05):
-                sock = key.fileobj
-                data = sock.recv(65536)
-                if not data:
-                    raise ClientError("server closed an active connection")
-                self.got[sock] += len(data)
-                if self.got[sock] >= size:
-                    count += 1
-                    self.send(sock)
-                last = time.perf_counter()
-            if time.perf_counter() - last > self.args.timeout:
-                raise ClientError(f"no echo for {self.args.timeout:.0f} s (server stalled?)")
-        return count
+        return {"round_trips": counts[0], "ops": counts[1],
+                "rate": counts[1] / measured["seconds"], "idle": args.idle,
+                "conns": args.conns, **measured}
 
     def close(self) -> None:
         """Close every connection."""
-        for sock in self.idle + self.active:
-            sock.close()
+        for conn in self.idle + self.active:
+            conn.sock.close()
         self.selector.close()
 
 
-def pingpong(args: argparse.Namespace) -> Dict[str, Any]:
-    """Ping-pong with the Python client."""
-    client = PingPong(args)
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    """Play a script with the Python client."""
+    if not args.script:
+        raise ClientError("run needs --script")
+    client = ScriptClient(args)
     try:
         return client.run()
     finally:
@@ -241,18 +332,21 @@ def pingpong(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 CLIENTS: Dict[str, Callable[[argparse.Namespace], Dict[str, Any]]] = {
-    "stream": stream, "bulk": bulk, "pingpong": pingpong,
+    "stream": stream, "bulk": bulk, "run": run,
 }
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Command line (pingpong's options are loadgen.c's)."""
+    """Command line (run's options are loadgen.c's)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("client", choices=sorted(CLIENTS))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--line-size", type=int, default=16)
+    parser.add_argument("--script", help="run: the script file (bench/scripts.py)")
+    parser.add_argument("--ops", type=int, default=0,
+                        help="run: count this many ops from the start instead of a duration")
     parser.add_argument("--total", type=int, default=1 << 20)
     parser.add_argument("--conns", type=int, default=1)
     parser.add_argument("--idle", type=int, default=0)

@@ -1,15 +1,23 @@
 """The competitors: which implementations this machine can run, and how.
 
-* ``pollchat-<backend>``: ``servers/legacy_server.py --impl pollchat`` under
-  the harness's interpreter, one per available backend (``POLLCHAT_BACKEND``).
-* ``stdlib-select`` / ``stdlib-poll``: the *same* program with ``--impl
-  stdlib`` (CPython's own asyncore/asynchat, gone in 3.12), always under a
-  Python 3.11 interpreter, with ``use_poll`` off and on.
-* ``asyncio`` / ``uvloop``: ``servers/asyncio_server.py`` under the
-  harness's interpreter; uvloop only when it is installed there.
+An implementation is a *runtime* for one of the two kinds of server
+program a workload has (see ``Workload.servers``):
 
-An implementation that cannot run here is listed with the reason, so that
-the report shows it as skipped rather than leaving it out silently.
+* ``api="legacy"``: a program written against asyncore/asynchat
+  (``servers/legacy_server.py``), run on pollchat (``--impl pollchat``, one
+  implementation per backend, ``POLLCHAT_BACKEND``) or on CPython 3.11's own
+  modules (``--impl stdlib``, always under a Python 3.11, with ``select()``
+  and with ``use_poll=True``).  Only the import differs.
+* ``api="asyncio"``: an idiomatic ``asyncio.Protocol`` program
+  (``servers/asyncio_server.py``) on asyncio's loop or uvloop's.
+
+The fixed competitors are the table :data:`IMPLS`; the pollchat ones are
+made per backend, per tree (the working tree, and ``--baseline REV`` as
+``pollchat-base-<backend>``) and per interpreter (``--python313 PATH``
+adds ``pollchat-<backend>-py313``).  Adding a competitor is adding an
+:class:`ImplSpec` to :data:`IMPLS`.  An implementation that cannot run here
+is listed with the reason, so that the report shows it as skipped rather
+than leaving it out silently.
 """
 
 from __future__ import annotations
@@ -19,112 +27,225 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .procs import probe, python_version
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-LEGACY_SERVER = os.path.join(HERE, "servers", "legacy_server.py")
-ASYNCIO_SERVER = os.path.join(HERE, "servers", "asyncio_server.py")
+from .trees import Tree
 
 #: select(2) cannot watch fds at or above this.
 FD_SETSIZE = 1024
+#: Preferred backend for the extra interpreters (first available wins).
+BEST_BACKENDS = ("epoll", "kqueue", "devpoll", "poll", "select")
 
 
 @dataclass(frozen=True)
 class Impl:
-    """One competitor."""
+    """One competitor, resolved for this machine."""
 
     key: str  # e.g. "pollchat-epoll"
     family: str  # "pollchat", "stdlib" or "asyncio"
+    api: str  # the kind of server program: "legacy" or "asyncio"
     python: str  # the interpreter that runs its server
-    server: Tuple[str, ...]  # script and arguments, after the interpreter
+    flags: Tuple[str, ...] = ()  # server options that choose the library
     env: Mapping[str, str] = field(default_factory=dict)
+    launcher: Tuple[str, ...] = ()  # between interpreter and script, e.g. -m pollchat run
     max_fd: Optional[int] = None  # largest fd it can watch (select: 1023)
-    legacy: bool = False  # asyncore/asynchat API (has ac_in_buffer_size)
     version: str = ""  # of the interpreter
     skip: str = ""  # why it cannot run here ("" when it can)
+    tree: str = ""  # pollchat tree: "current" or "base"
+    backend: str = ""  # pollchat backend
+    workloads: Optional[Tuple[str, ...]] = None  # None: every workload that has its api
 
-    def argv(self, *extra: str) -> List[str]:
-        """The server's full command line."""
-        return [self.python, *self.server, *extra]
+    @property
+    def legacy(self) -> bool:
+        """Whether it runs the asyncore/asynchat program (has ac_in_buffer_size)."""
+        return self.api == "legacy"
+
+    def argv(self, script: str, *extra: str) -> List[str]:
+        """The server's full command line for server program ``script``."""
+        return [self.python, *self.launcher, script, *self.flags, *extra]
 
     def to_json(self) -> Dict[str, Any]:
         """A JSON-able description."""
         data = asdict(self)
         data["env"] = dict(self.env)
-        data["server"] = list(self.server)
+        data["flags"] = list(self.flags)
+        data["launcher"] = list(self.launcher)
+        data["workloads"] = list(self.workloads) if self.workloads is not None else None
         return data
 
 
-def find_python311(explicit: Optional[str] = None) -> Optional[str]:
-    """A Python 3.11 interpreter: ``explicit``, this one, ``python3.11`` on
-    PATH, or the newest 3.11 under pyenv's root."""
+@dataclass(frozen=True)
+class ImplSpec:
+    """A row of the competitor table, before it is resolved for this machine.
+
+    ``python`` is ``"harness"`` (the interpreter running the bench),
+    ``"3.11"`` (a Python 3.11, for CPython's asyncore) or a path.
+    ``requires`` names a module that must import under it.  ``tree``
+    ``"current"`` puts the working tree's pollchat on PYTHONPATH (``"base"``
+    the baseline's)."""
+
+    key: str
+    family: str
+    api: str
+    python: str
+    flags: Tuple[str, ...] = ()
+    requires: str = ""
+    max_fd: Optional[int] = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    launcher: Tuple[str, ...] = ()
+    tree: str = ""
+    backend: str = ""
+    workloads: Optional[Tuple[str, ...]] = None
+    skip: str = ""  # known already not to run here, and why
+
+
+IMPLS: Tuple[ImplSpec, ...] = (
+    ImplSpec("stdlib-select", "stdlib", "legacy", "3.11", ("--impl", "stdlib"),
+             max_fd=FD_SETSIZE - 1),
+    ImplSpec("stdlib-poll", "stdlib", "legacy", "3.11", ("--impl", "stdlib", "--use-poll")),
+    ImplSpec("asyncio", "asyncio", "asyncio", "harness", ("--loop", "asyncio")),
+    ImplSpec("uvloop", "asyncio", "asyncio", "harness", ("--loop", "uvloop"), requires="uvloop"),
+    # Context for the pipelined workload: the application joins the replies to
+    # one read into one write, the batching that issue 12 asks pollchat to do.
+    ImplSpec("uvloop-batched", "asyncio", "asyncio", "harness",
+             ("--loop", "uvloop", "--batch-writes"), requires="uvloop", workloads=("pipeline",)),
+)
+
+
+def find_python(version: str, explicit: Optional[str] = None) -> Optional[str]:
+    """A Python ``version`` (e.g. ``"3.11"``): ``explicit``, this one,
+    ``python3.11`` on PATH, or the newest under pyenv's root."""
     candidates = [explicit] if explicit else []
-    if sys.version_info[:2] == (3, 11):
+    if "%d.%d" % sys.version_info[:2] == version:
         candidates.append(sys.executable)
-    candidates.append(shutil.which("python3.11") or "")
+    candidates.append(shutil.which(f"python{version}") or "")
     root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    candidates += sorted(glob.glob(os.path.join(root, "versions", "3.11.*", "bin", "python")),
-                         reverse=True)
+    candidates += sorted(glob.glob(os.path.join(root, "versions", f"{version}.*", "bin",
+                                                "python")), reverse=True)
     for candidate in filter(None, candidates):
-        version = python_version(candidate)
-        if version and version.startswith("3.11."):
+        found = python_version(candidate)
+        if found and found.startswith(version + "."):
             return candidate
     return None
 
 
 _POLLCHAT_PROBE = """
-import json
+import json, os
+import pollchat
 from pollchat import asynchat, asyncore
 from pollchat.backends import available_backends
-print(json.dumps(available_backends()))
+print(json.dumps({"file": os.path.abspath(pollchat.__file__),
+                  "backends": available_backends()}))
 """
 
 
-def pollchat_impls(python: str, version: str) -> List[Impl]:
-    """One implementation per backend pollchat has here; a single skipped
-    ``pollchat`` entry, with the import error, when pollchat cannot run."""
-    done = probe(python, _POLLCHAT_PROBE)
+@dataclass
+class Context:
+    """What discovery works from: the interpreters and the pollchat trees."""
+
+    python: str = sys.executable  # the harness's
+    python311: Optional[str] = None
+    extra_pythons: Sequence[str] = ()  # each adds pollchat-<best backend>-pyXY
+    trees: Sequence[Tree] = ()  # current first, then the baseline if any
+    _versions: Dict[str, Optional[str]] = field(default_factory=dict)
+
+    def version(self, python: str) -> Optional[str]:
+        """``X.Y.Z`` of ``python`` (cached), None if it does not run."""
+        if python not in self._versions:
+            self._versions[python] = python_version(python)
+        return self._versions[python]
+
+    def tree(self, label: str) -> Optional[Tree]:
+        """The tree with ``label``, if built."""
+        return next((t for t in self.trees if t.label == label), None)
+
+
+def tree_env(tree: Tree) -> Dict[str, str]:
+    """The environment that makes a server import ``tree``'s pollchat."""
+    return {"PYTHONPATH": str(tree.path)}
+
+
+def probe_pollchat(python: str, tree: Tree) -> Tuple[List[str], str]:
+    """``(backends, "")`` if ``tree``'s pollchat imports under ``python``,
+    else ``([], why not)``."""
+    done = probe(python, _POLLCHAT_PROBE, env=tree_env(tree))
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["import failed"])[-1]
-        return [Impl(key="pollchat", family="pollchat", python=python, server=(),
-                     version=version, skip=f"pollchat not importable: {reason}")]
-    available = json.loads(done.stdout.strip().splitlines()[-1])
-    return [Impl(key=f"pollchat-{name}", family="pollchat", python=python,
-                 server=(LEGACY_SERVER, "--impl", "pollchat"), env={"POLLCHAT_BACKEND": name},
-                 max_fd=FD_SETSIZE - 1 if name == "select" else None, legacy=True,
-                 version=version)
-            for name in available]
+        return [], f"pollchat ({tree.label} tree) not importable: {reason}"
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    if Path(tree.path).resolve() not in Path(found["file"]).resolve().parents:
+        return [], (f"pollchat imported from {found['file']}, not from the {tree.label} tree "
+                    f"{tree.path} (an installed copy shadows PYTHONPATH)")
+    return list(found["backends"]), ""
 
 
-def stdlib_impls(python311: Optional[str]) -> List[Impl]:
-    """CPython 3.11's asyncore with select() and with use_poll=True."""
-    version = python_version(python311) if python311 else None
-    skip = "" if version else "no Python 3.11 interpreter found (stdlib asyncore is gone in 3.12)"
-    variants = (("stdlib-select", (), FD_SETSIZE - 1), ("stdlib-poll", ("--use-poll",), None))
-    return [Impl(key=key, family="stdlib", python=python311 or "python3.11",
-                 server=(LEGACY_SERVER, "--impl", "stdlib", *flags), max_fd=max_fd,
-                 legacy=True, version=version or "", skip=skip)
-            for key, flags, max_fd in variants]
+def pollchat_specs(ctx: Context, tree: Tree, python: str, suffix: str,
+                   best_only: bool) -> List[ImplSpec]:
+    """One spec per backend of ``tree`` under ``python`` (the best backend
+    only when ``best_only``); a single skipped spec when it cannot run."""
+    prefix = "pollchat" if tree.label == "current" else f"pollchat-{tree.label}"
+    backends, why = probe_pollchat(python, tree)
+    if why:
+        return [ImplSpec(f"{prefix}{suffix}", "pollchat", "legacy", python, tree=tree.label,
+                         skip=why)]
+    if best_only:
+        backends = [next((b for b in BEST_BACKENDS if b in backends), backends[0])]
+    return [ImplSpec(f"{prefix}-{name}{suffix}", "pollchat", "legacy", python,
+                     ("--impl", "pollchat"), env={"POLLCHAT_BACKEND": name}, tree=tree.label,
+                     backend=name, max_fd=FD_SETSIZE - 1 if name == "select" else None)
+            for name in backends]
 
 
-def asyncio_impls(python: str, version: str) -> List[Impl]:
-    """asyncio's own loop, and uvloop's when it is installed."""
-    has_uvloop = probe(python, "import uvloop").returncode == 0
-    return [
-        Impl(key="asyncio", family="asyncio", python=python,
-             server=(ASYNCIO_SERVER, "--loop", "asyncio"), version=version),
-        Impl(key="uvloop", family="asyncio", python=python,
-             server=(ASYNCIO_SERVER, "--loop", "uvloop"), version=version,
-             skip="" if has_uvloop else "uvloop is not installed (pip install uvloop)"),
-    ]
+def resolve(spec: ImplSpec, ctx: Context) -> Impl:
+    """The spec made concrete for this machine, or skipped with the reason."""
+    python = {"harness": ctx.python, "3.11": ctx.python311}.get(spec.python, spec.python)
+    version = ctx.version(python) if python else None
+    env = dict(spec.env)
+    skip = ""
+    if not version:
+        skip = ("no Python 3.11 interpreter found (stdlib asyncore is gone in 3.12)"
+                if spec.python == "3.11" else f"interpreter {python or spec.python} does not run")
+    elif spec.skip:
+        skip = spec.skip
+    elif python and spec.requires and probe(python, f"import {spec.requires}").returncode:
+        skip = f"{spec.requires} is not installed for {python} (pip install {spec.requires})"
+    if spec.tree:
+        tree = ctx.tree(spec.tree)
+        if tree is None:
+            skip = skip or f"no {spec.tree} pollchat tree was built"
+        else:
+            env.update(tree_env(tree))
+    return Impl(key=spec.key, family=spec.family, api=spec.api, python=python or spec.python,
+                flags=spec.flags, env=env, launcher=spec.launcher, max_fd=spec.max_fd,
+                version=version or "", skip=skip, tree=spec.tree, backend=spec.backend,
+                workloads=spec.workloads)
 
 
-def discover(python311: Optional[str] = None) -> List[Impl]:
-    """Every competitor, runnable or not, in report order."""
-    python = sys.executable
-    version = python_version(python) or ""
-    return (pollchat_impls(python, version) + stdlib_impls(find_python311(python311))
-            + asyncio_impls(python, version))
+def python_suffix(version: Optional[str]) -> str:
+    """``"3.13.0"`` -> ``"-py313"``."""
+    parts = (version or "").split(".")
+    return f"-py{parts[0]}{parts[1]}" if len(parts) >= 2 else "-py"
+
+
+def discover(ctx: Context) -> List[Impl]:
+    """Every competitor, runnable or not, in report order: pollchat on the
+    working tree (each backend), on the baseline (each backend), on each
+    extra interpreter (best backend, both trees), then :data:`IMPLS`."""
+    specs: List[ImplSpec] = []
+    for tree in ctx.trees:
+        specs += pollchat_specs(ctx, tree, ctx.python, "", best_only=False)
+    for python in ctx.extra_pythons:
+        suffix = python_suffix(ctx.version(python))
+        for tree in ctx.trees:
+            specs += pollchat_specs(ctx, tree, python, suffix, best_only=True)
+    specs += IMPLS
+    impls = [resolve(spec, ctx) for spec in specs]
+    seen: Dict[str, int] = {}
+    for n, impl in enumerate(impls):  # e.g. --python313 pointing at the harness's own
+        if impl.key in seen:
+            impls[n] = replace(impl, skip=f"duplicate of {impl.key}")
+        seen[impl.key] = n
+    return impls

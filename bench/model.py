@@ -26,9 +26,16 @@ class ResultSet:
 
     # -- lookups -----------------------------------------------------------
 
-    def workload(self, key: str) -> Optional[Dict[str, Any]]:
-        """The workload description, or None if it was not run."""
-        return next((w for w in self.workloads if w["key"] == key), None)
+    def has_workload(self, key: str) -> bool:
+        """Whether workload ``key`` was run."""
+        return any(w["key"] == key for w in self.workloads)
+
+    def workload(self, key: str) -> Dict[str, Any]:
+        """The workload description; KeyError if it was not run."""
+        for workload in self.workloads:
+            if workload["key"] == key:
+                return workload
+        raise KeyError(f"workload {key!r} was not run")
 
     def impl(self, key: str) -> Optional[Dict[str, Any]]:
         """The implementation description, or None."""
@@ -50,11 +57,21 @@ class ResultSet:
         if cell is None or cell["status"] != "ok":
             return None
         value = cell["median"].get(metric or self.primary(workload).key)
-        return None if value is None or math.isnan(value) else value
+        return None if value is None or math.isnan(value) else float(value)
+
+    def metric(self, workload: str, key: str) -> Metric:
+        """Metric ``key`` named for ``workload``'s unit of work."""
+        op = self.workload(workload).get("op") or ("round trip", "round trips")
+        return METRICS[key].for_op(op)
 
     def primary(self, workload: str) -> Metric:
         """The workload's primary metric."""
-        return METRICS[self.workload(workload)["metrics"][0]]
+        return self.metric(workload, self.workload(workload)["metrics"][0])
+
+    def efficiency(self, workload: str) -> Optional[Metric]:
+        """The workload's server-CPU-per-work metric, if it has one."""
+        key = self.workload(workload).get("efficiency")
+        return self.metric(workload, key) if key else None
 
     # -- comparison ----------------------------------------------------------
 
@@ -63,25 +80,50 @@ class ResultSet:
         of the workload's baselines that produced a number there."""
         for key in self.workload(workload)["baselines"]:
             if self.value(workload, point, key) is not None:
-                return key
+                return str(key)
         return None
 
-    def ratio(self, workload: str, point: str, impl: str) -> Optional[float]:
-        """``impl``'s primary metric over the baseline's, at ``point``."""
-        base_key = self.baseline(workload, point)
+    def ratio(self, workload: str, point: str, impl: str, metric: Optional[str] = None,
+              against: Optional[str] = None) -> Optional[float]:
+        """``impl``'s ``metric`` (default: primary) over ``against``'s (default:
+        the baseline's), at ``point``."""
+        base_key = against or self.baseline(workload, point)
         if base_key is None:
             return None
-        mine = self.value(workload, point, impl)
-        base = self.value(workload, point, base_key)
+        mine = self.value(workload, point, impl, metric)
+        base = self.value(workload, point, base_key, metric)
         return mine / base if mine is not None and base else None
 
-    def pollchat_key(self) -> Optional[str]:
-        """The pollchat implementation the targets are about: epoll if it ran,
-        else the first pollchat backend that did."""
-        keys = [i["key"] for i in self.impls if i["family"] == "pollchat" and not i["skip"]]
-        if "pollchat-epoll" in keys:
-            return "pollchat-epoll"
-        return keys[0] if keys else None
+    def pollchat_key(self, minor: Optional[str] = None, tree: str = "current"
+                     ) -> Optional[str]:
+        """The pollchat implementation the targets are about: of ``tree``,
+        under Python ``minor`` (e.g. ``"3.13"``; default: the harness's, i.e.
+        no interpreter suffix), on epoll if it ran, else the first backend
+        that did."""
+        keys = [i["key"] for i in self.impls
+                if i["family"] == "pollchat" and not i["skip"]
+                and i.get("tree", "current") == tree
+                and (i["version"].startswith(minor + ".") if minor
+                     else "-py" not in i["key"])]
+        preferred = [k for k in keys if i_backend(self.impl(k)) == "epoll"]
+        chosen = preferred or keys
+        return str(chosen[0]) if chosen else None
+
+    def base_of(self, key: str) -> Optional[str]:
+        """The baseline implementation paired with current-tree ``key``
+        (``pollchat-epoll`` -> ``pollchat-base-epoll``), if it ran."""
+        if not key.startswith("pollchat-") or key.startswith("pollchat-base-"):
+            return None
+        base = "pollchat-base-" + key[len("pollchat-"):]
+        impl = self.impl(base)
+        return base if impl is not None and not impl["skip"] else None
+
+
+def i_backend(impl: Optional[Dict[str, Any]]) -> str:
+    """The pollchat backend of an implementation description ("" if none)."""
+    if impl is None:
+        return ""
+    return str(impl.get("backend") or impl.get("env", {}).get("POLLCHAT_BACKEND", ""))
 
 
 def fmt_number(value: Optional[float], unit: str = "") -> str:

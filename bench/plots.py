@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Tuple
 from .model import ResultSet, fmt_number
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +24,7 @@ def _pyplot():
 
 def _colors(rs: ResultSet) -> Dict[str, Any]:
     plt = _pyplot()
-    palette = plt.get_cmap("tab10").colors
+    palette = plt.get_cmap("tab10" if len(rs.impls) <= 10 else "tab20").colors
     return {impl["key"]: palette[i % len(palette)] for i, impl in enumerate(rs.impls)}
 
 
@@ -120,8 +120,7 @@ def bar_chart(rs: ResultSet, wkey: str, path: Path) -> None:
     ax.set_xticks(range(len(points)))
     ax.set_xticklabels([p["label"] for p in points], fontsize=8)
     better = "higher" if primary.higher_is_better else "lower"
-    unit = "" if primary.unit == primary.label else f", {primary.unit}"
-    ax.set_ylabel(f"{primary.label}{unit} ({better} is better{', log scale' if log else ''})")
+    ax.set_ylabel(f"{primary.title()} ({better} is better{', log scale' if log else ''})")
     ax.set_title(f"{workload['title']}: {primary.label}\n{_subtitle(rs)}", fontsize=11)
     ax.grid(True, axis="y", which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

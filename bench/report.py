@@ -1,8 +1,11 @@
 """Markdown and JSON from a results document.
 
-Per workload: a summary table (implementations x points, the primary
-metric with its ratio to the comparison), then a detail table with every
-metric, client and server CPU, and failures spelled out in notes.
+The report opens with the targets, the server CPU per unit of work of
+every workload side by side, and before/after tables when a baseline
+revision ran (overview.py).  Then per workload: a summary table (each
+metric with its ratio to the comparison: rates next to server CPU per unit
+of work), and a detail table with every metric, client and server CPU,
+runs and spread, failures spelled out in notes.
 """
 
 from __future__ import annotations
@@ -12,69 +15,21 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .model import ResultSet, fmt_number, fmt_ratio
-from .workloads import METRICS
+from .overview import before_after_section, overview_section
+from .tables import NOISY_NOTE, Notes, status_cell, table
+from .targets import SOURCES
+from .workloads import Metric
 
 HEADLINE_START = "<!-- bench:headline:start -->"
 HEADLINE_END = "<!-- bench:headline:end -->"
-NOISY_NOTE = ("measured while other processes kept the CPUs busy (no quiet run for every "
-              "implementation here): the median of all runs, noisy ones included; "
-              "rerun on a quiet machine")
+#: Metrics shown as shares of a core, not compared by ratio.
+SHARES = ("client_cpu", "server_cpu", "background_cpu")
 
 
-def table(header: List[str], rows: List[List[str]]) -> str:
-    """A Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-class Notes:
-    """Numbered footnotes for failures, collected while a table is built."""
-
-    def __init__(self) -> None:
-        self.items: List[str] = []
-
-    def add(self, text: str) -> str:
-        """The marker of ``text`` (the same text gets the same number)."""
-        if text not in self.items:
-            self.items.append(text)
-        return f"[{self.items.index(text) + 1}]"
-
-    def render(self) -> str:
-        """The notes as a list ("" when none)."""
-        return "\n".join(f"{i}. {text}" for i, text in enumerate(self.items, 1))
-
-
-EXPECTED = "expected: select() cannot watch fds >= FD_SETSIZE (1024)"
-BRIEF_ERROR = 200  # characters of an error message in a brief note
-
-
-def failure_text(cell: Dict[str, Any], point_label: str, brief: bool = False) -> str:
-    """One footnote for a failed or skipped cell (``brief``: the gist only)."""
-    if cell["status"] == "skipped":
-        return f"{cell['impl']}: skipped: {cell['error']}"
-    if brief and cell["expected_failure"]:
-        return f"{cell['impl']} @ {point_label}: failed as {EXPECTED}"
-    kind = EXPECTED if cell["expected_failure"] else "UNEXPECTED"
-    error = cell["error"][:BRIEF_ERROR] + "..." if brief else cell["error"]
-    return f"{cell['impl']} @ {point_label}: failed ({kind}): {error}"
-
-
-def status_cell(cell: Optional[Dict[str, Any]], point_label: str, notes: Notes,
-                brief: bool = False) -> str:
-    """What a table shows for a cell without numbers ("" when it has them)."""
-    if cell is None:
-        return "—"
-    if cell["status"] == "skipped":
-        return "skipped " + notes.add(failure_text(cell, point_label, brief))
-    if cell["status"] == "failed":
-        word = "failed" if cell["expected_failure"] else "**FAILED**"
-        return word + " " + notes.add(failure_text(cell, point_label, brief))
-    return ""
-
-
-def summary_table(rs: ResultSet, wkey: str, notes: Notes, brief: bool = False) -> str:
-    """Implementations x points: primary metric (ratio to the comparison)."""
+def wide_table(rs: ResultSet, wkey: str, notes: Notes, brief: bool = False) -> str:
+    """Implementations x points: primary metric (ratio to the comparison),
+    with a last-over-first column for a workload with an axis (the README
+    headline's form)."""
     workload = rs.workload(wkey)
     points = workload["points"]
     header = ["Implementation"] + [p["label"] for p in points]
@@ -89,7 +44,7 @@ def summary_table(rs: ResultSet, wkey: str, notes: Notes, brief: bool = False) -
             if not shown:
                 value = rs.value(wkey, point["key"], impl)
                 shown = f"{fmt_number(value)} ({fmt_ratio(rs.ratio(wkey, point['key'], impl))})"
-                if cell.get("noisy_point"):
+                if cell and cell.get("noisy_point"):
                     shown += " " + notes.add(NOISY_NOTE)
             row.append(shown)
         if len(header) > len(row):
@@ -100,13 +55,52 @@ def summary_table(rs: ResultSet, wkey: str, notes: Notes, brief: bool = False) -
     return table(header, rows)
 
 
+def _heading(metric: Metric) -> str:
+    """A column heading: what, in what unit, and which way is better."""
+    better = "higher" if metric.higher_is_better else "lower"
+    return f"{metric.title()}, {better} is better"
+
+
+def summary_table(rs: ResultSet, wkey: str, notes: Notes) -> str:
+    """One row per (point, implementation): each of the workload's metrics
+    with its ratio to the comparison (rates and server CPU per unit of work
+    side by side), then the server and client CPU shares."""
+    workload = rs.workload(wkey)
+    compared = [rs.metric(wkey, m) for m in workload["metrics"] if m not in SHARES]
+    shares = [rs.metric(wkey, m) for m in workload["metrics"] if m in SHARES]
+    header = ["Point", "Implementation"]
+    for metric in compared:
+        header += [_heading(metric), "ratio"]
+    header += [m.label for m in shares]
+    rows = []
+    for point in workload["points"]:
+        for impl in rs.impls_of(wkey):
+            cell = rs.cell(wkey, point["key"], impl)
+            if cell is None:
+                continue
+            shown = status_cell(cell, point["label"], notes)
+            if shown:
+                rows.append([point["label"], f"`{impl}`", shown] + [""] * (len(header) - 3))
+                continue
+            row = [point["label"], f"`{impl}`"]
+            for metric in compared:
+                value = rs.value(wkey, point["key"], impl, metric.key)
+                row += [fmt_number(value),
+                        fmt_ratio(rs.ratio(wkey, point["key"], impl, metric.key))]
+            row += [fmt_number(cell["median"].get(m.key), "%") for m in shares]
+            if cell.get("noisy_point"):
+                row[1] += " " + notes.add(NOISY_NOTE)
+            rows.append(row)
+    return table(header, rows)
+
+
 def detail_table(rs: ResultSet, wkey: str, notes: Notes) -> str:
     """One row per (point, implementation) with every metric and CPU."""
     workload = rs.workload(wkey)
-    metrics = [METRICS[m] for m in workload["metrics"]]
-    metrics.append(METRICS["background_cpu"])
+    metrics = [rs.metric(wkey, m) for m in workload["metrics"]]
+    metrics.append(rs.metric(wkey, "background_cpu"))
     header = ["Point", "Implementation"] + [f"{m.label}" for m in metrics]
-    header += ["vs comparison", "runs", "spread (min-max)"]
+    header += ["vs comparison", "runs", f"spread of {metrics[0].label} (min-max)"]
     rows = []
     for point in workload["points"]:
         base = rs.baseline(wkey, point["key"]) or "n/a"
@@ -137,15 +131,14 @@ def detail_table(rs: ResultSet, wkey: str, notes: Notes) -> str:
 def workload_section(rs: ResultSet, wkey: str, plots: Dict[str, str]) -> str:
     """Heading, description, plot, summary and details of one workload."""
     workload = rs.workload(wkey)
-    primary = rs.primary(wkey)
     parts = [f"## {workload['title']}", "", workload["description"], ""]
     if wkey in plots:
         parts += [f"![{workload['title']}]({plots[wkey]})", ""]
     notes = Notes()
-    better = "higher" if primary.higher_is_better else "lower"
     comparison = " or ".join(f"`{b}`" for b in workload["baselines"])
-    parts += [f"{primary.label} ({better} is better); in brackets the ratio to the "
-              f"comparison ({comparison}, the first that ran).", "",
+    parts += [f"Medians, each with its ratio to the comparison ({comparison}, the first "
+              "that ran). Server CPU is the server's CPU time in the measured window "
+              "(scheduler nanoseconds where /proc offers them).", "",
               summary_table(rs, wkey, notes), "", "<details><summary>Details</summary>", "",
               detail_table(rs, wkey, notes), "", "</details>", ""]
     if notes.items:
@@ -155,9 +148,9 @@ def workload_section(rs: ResultSet, wkey: str, plots: Dict[str, str]) -> str:
 
 def targets_section(targets: List[Dict[str, Any]]) -> str:
     """The targets table."""
-    rows = [[t["title"] + (" *(the bench's own threshold)*" if t["source"] == "bench" else ""),
-             f"**{t['status']}**", t["detail"]] for t in targets]
-    return "## Targets\n\n" + table(["Target", "Result", "Measured"], rows) + "\n"
+    rows = [[t["title"], f"**{t['status']}**", t["detail"],
+             SOURCES.get(t["source"], t["source"])] for t in targets]
+    return "## Targets\n\n" + table(["Target", "Result", "Measured", "From"], rows) + "\n"
 
 
 def fmt_load(load: Optional[List[float]]) -> str:
@@ -180,11 +173,13 @@ def machine_lines(meta: Dict[str, Any]) -> List[str]:
     machine = meta.get("machine", {})
     background = meta.get("background_cpu", {})
     pythons = ", ".join(f"`{k}` {v}" for k, v in meta.get("pythons", {}).items())
+    trees = ", ".join(f"{label} {revision}" for label, revision in meta.get("trees", {}).items())
     return [
         f"- Machine: {machine.get('cpu_model', '?')}, {machine.get('logical_cpus', '?')} "
         f"logical CPUs ({machine.get('physical_cores', '?')} cores), "
         f"{machine.get('memory_gb', '?')} GB RAM, {machine.get('platform', '?')}",
         f"- Python: {pythons}",
+        f"- pollchat trees: {trees or 'n/a'}",
         f"- Load generator: {meta.get('loadgen', '?')}; server pinned to CPU "
         f"{meta.get('server_cpu')}, client to CPU {meta.get('client_cpu')} (to the "
         "server's CPU for single-connection ping-pong: see Idle scaling)",
@@ -203,51 +198,56 @@ def machine_lines(meta: Dict[str, Any]) -> List[str]:
 
 
 def markdown(rs: ResultSet, targets: List[Dict[str, Any]], plots: Dict[str, str]) -> str:
-    """The whole report."""
+    """The whole report: targets first, then CPU per unit of work across
+    workloads, before/after, how it was measured, and each workload."""
     meta = rs.meta
     parts = ["# pollchat benchmark results", "",
              "Generated by `python -m bench` (bench/run.py). Competitors run the same "
              "workloads in the same run: pollchat on each backend, CPython 3.11's "
              "asyncore/asynchat (the *same* server program, only the import differs), "
-             "asyncio (a Protocol) and uvloop.", "", *machine_lines(meta), ""]
+             "asyncio (a Protocol) and uvloop.", ""]
     if meta.get("mode") == "quick":
         parts += ["> **Quick mode**: a smoke test that every workload runs and produces "
                   "numbers; sizes and durations are too small for the figures to mean "
                   "anything.", ""]
-    parts += [targets_section(targets), competitors_section(rs)]
+    parts += [targets_section(targets), overview_section(rs), before_after_section(rs),
+              "## How it was measured", "", *machine_lines(meta), "", competitors_section(rs)]
     for workload in rs.workloads:
         parts.append(workload_section(rs, workload["key"], plots))
-    return "\n".join(parts)
+    return "\n".join(part for part in parts if part is not None)
 
 
 def competitors_section(rs: ResultSet) -> str:
     """Which implementations ran, under what, and why some did not."""
     rows = []
     for impl in rs.impls:
-        argv = impl["server"]
-        server = " ".join([Path(argv[0]).name, *argv[1:]]) if argv else "-"
-        env = " ".join(f"{k}={v}" for k, v in impl["env"].items())
-        rows.append([f"`{impl['key']}`", f"`{(env + ' ') if env else ''}{server}`",
+        command = " ".join([*impl.get("launcher", []), "<server>", *impl.get("flags", [])])
+        env = " ".join(f"{k}={v}" if k != "PYTHONPATH" else f"{k}=<{impl.get('tree')} tree>"
+                       for k, v in impl["env"].items())
+        rows.append([f"`{impl['key']}`", f"`{(env + ' ') if env else ''}{command}`",
                      impl["version"] or "?", impl["skip"] or "ran"])
-    header = ["Implementation", "Server", "Python", "Status"]
-    return "## Competitors\n\n" + table(header, rows) + "\n"
+    header = ["Implementation", "Server command (after the interpreter)", "Python", "Status"]
+    return ("## Competitors\n\n`<server>` is the workload's program for the "
+            "implementation's kind: servers/legacy_server.py (asyncore/asynchat API) or "
+            "servers/asyncio_server.py (asyncio Protocol).\n\n" + table(header, rows) + "\n")
 
 
 def headline(rs: ResultSet, plots: Dict[str, str]) -> str:
-    """The headline block for a README: idle-scaling plot and table,
-    concurrency table."""
+    """The headline block for a README: idle-scaling plot and table, the
+    concurrency table, and server CPU per unit of work on every workload."""
     parts = [HEADLINE_START, ""]
     for wkey in ("idle", "concurrency"):
-        if rs.workload(wkey) is None:
+        if not rs.has_workload(wkey):
             continue
         notes = Notes()
         title = rs.workload(wkey)["title"]
         if wkey in plots:
             parts += [f"![{title}]({plots[wkey]})", ""]
         parts += [f"**{title}** ({rs.primary(wkey).label}, ratio to stdlib asyncore):", "",
-                  summary_table(rs, wkey, notes, brief=True), ""]
+                  wide_table(rs, wkey, notes, brief=True), ""]
         if notes.items:
             parts += [notes.render(), ""]
+    parts += [overview_section(rs, brief=True)]
     parts += [f"Measured {rs.meta.get('started', '?')[:10]} on "
               f"{rs.meta.get('machine', {}).get('logical_cpus', '?')} CPUs; full results "
               "in bench/RESULTS.md.", "", HEADLINE_END]

@@ -36,12 +36,13 @@ NOISY_BACKGROUND = 30.0
 class Tools:
     """How clients are run on this machine."""
 
-    pingpong: Tuple[str, ...]  # program (+ mode) of the ping-pong client
-    python_client: Tuple[str, ...]  # program of the stream and bulk clients
-    loadgen: str  # "c" or "python" (no gcc)
+    loadgen: Optional[Path]  # the compiled loadgen.c (None: the Python twin)
+    python_client: Tuple[str, ...]  # program of the Python clients
+    loadgen_note: str  # what plays the scripts, for the report
     server_cpu: Optional[int]  # CPU the server is pinned to (None: not pinned)
     client_cpu: Optional[int]
     logs: Path  # per-run stderr files
+    scripts: Path  # where the request/reply scripts are written
 
     def watched_cpus(self, client_cpu: Optional[int]) -> Optional[FrozenSet[int]]:
         """The CPUs a run occupies (None when not pinned: all of them)."""
@@ -49,12 +50,25 @@ class Tools:
             return None
         return frozenset({self.server_cpu, client_cpu})
 
+    def script_file(self, workload: Workload, point: Point) -> Path:
+        """Write the script of ``point`` (once) and return its path."""
+        path = self.scripts / f"{workload.key}.{point.key}.script"
+        if workload.script is None:
+            raise ValueError(f"workload {workload.key} has no script")
+        if not path.exists():
+            self.scripts.mkdir(parents=True, exist_ok=True)
+            workload.script(point.params).write(path)
+        return path
+
     def client_argv(self, workload: Workload, point: Point, settings: Settings,
                     port: int) -> List[str]:
         """The full command line of the client of one run."""
-        program = (list(self.pingpong) if workload.client == "pingpong"
-                   else [*self.python_client, workload.client])
-        return program + workload.client_args(point, settings, port)
+        if workload.client != "script":
+            return [*self.python_client, workload.client,
+                    *workload.client_args(point, settings, port)]
+        program = [str(self.loadgen)] if self.loadgen else list(self.python_client)
+        return [*program, "run", *workload.client_args(point, settings, port,
+                                                       self.script_file(workload, point))]
 
 
 def default_cpus() -> Tuple[Optional[int], Optional[int]]:
@@ -75,7 +89,8 @@ def python_client() -> Tuple[str, ...]:
 
 def derive_metrics(run: ClientRun, base: Optional[Sample], point: Point,
                    ncpus: int) -> Dict[str, float]:
-    """The numbers of one run: the client's own, plus CPU shares and memory."""
+    """The numbers of one run: the client's own, CPU shares, the server's
+    CPU per unit of work, and memory."""
     metrics = {k: float(v) for k, v in run.result.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     seconds = metrics.get("seconds", 0.0)
@@ -84,6 +99,7 @@ def derive_metrics(run: ClientRun, base: Optional[Sample], point: Point,
     start, end = run.samples.get("start"), run.samples.get("end")
     if start and end and end.at - start.at >= MIN_CPU_WINDOW:
         metrics.update(cpu_shares(start, end, metrics.get("client_cpu", 0.0), ncpus))
+        metrics.update(per_op(end.cpu - start.cpu, metrics.get("ops", 0.0)))
     ready = run.samples.get("ready")
     idle = int(point.params.get("idle", 0))
     if ready and base:
@@ -92,6 +108,16 @@ def derive_metrics(run: ClientRun, base: Optional[Sample], point: Point,
         if idle:
             metrics["per_conn"] = (ready.rss - base.rss) / idle
     return metrics
+
+
+def per_op(server_cpu_seconds: float, ops: float) -> Dict[str, float]:
+    """The server's CPU per unit of work over the measured window: µs per op
+    and ops per CPU-second (nothing when either is zero)."""
+    if ops <= 0 or server_cpu_seconds <= 0:
+        return {}
+    return {"server_cpu_seconds": server_cpu_seconds,
+            "server_us_per_op": 1e6 * server_cpu_seconds / ops,
+            "ops_per_cpu_s": ops / server_cpu_seconds}
 
 
 @dataclass(frozen=True)
@@ -120,21 +146,25 @@ def cpu_shares(start: Sample, end: Sample, client_cpu: float, ncpus: int) -> Dic
     return shares
 
 
-def run_once(job: Job, settings: Settings, tools: Tools, tag: str
+def run_once(job: Job, settings: Settings, tools: Tools, tag: str, *,
+             server_extra: Sequence[str] = (), client_extra: Sequence[str] = ()
              ) -> Tuple[Dict[str, float], str]:
     """One server + one client: the run's metrics, and a note ("" if none)
-    when the server complained or exited badly.  Raises ProcessFailed."""
+    when the server complained or exited badly.  ``server_extra`` and
+    ``client_extra`` are appended to their command lines (profiling).
+    Raises ProcessFailed."""
+    extra = list(server_extra)
     workload, point, impl = job.workload, job.point, job.impl
     client_cpu = tools.server_cpu if workload.same_cpu else tools.client_cpu
     watch = tools.watched_cpus(client_cpu)
-    server = Server(impl.argv(*workload.server_args(point), "--max-seconds",
-                              str(settings.server_max_seconds)),
+    server = Server(impl.argv(workload.server_program(impl), *workload.server_args(point),
+                              "--max-seconds", str(settings.server_max_seconds), *extra),
                     impl.env, tools.logs / f"{tag}.server.log", cpu=tools.server_cpu,
                     watch=watch)
     server.start()
     try:
         base = server.sample()
-        argv = tools.client_argv(workload, point, settings, server.port)
+        argv = tools.client_argv(workload, point, settings, server.port) + list(client_extra)
         try:
             run = run_client(argv, server, tools.logs / f"{tag}.client.log",
                              settings.run_timeout(), cpu=client_cpu)
@@ -277,18 +307,21 @@ def describe_run(job: Job, attempt: int, settings: Settings, cell: Dict[str, Any
                  seconds: float) -> str:
     """One progress line."""
     workload, point, impl = job.workload, job.point, job.impl
-    head = (f"  {workload.key:<11} {point.label:<34} {impl.key:<15} "
+    head = (f"  {workload.key:<11} {point.label:<34} {impl.key:<20} "
             f"{attempt + 1}/{settings.repeats} ")
     if cell["status"] in ("failed", "flaky"):
         kind = "expected " if cell["expected_failure"] else ""
         return head + f"{kind}FAILED: {cell['error'][:150]}"
     run = cell["runs"][-1]
-    metric = workload.primary().key
-    value = run.get(metric, float("nan"))
+    shown = []
+    for key in workload.metrics[:2]:
+        if key in run:
+            metric = workload.metric(key)
+            shown.append(f"{run[key]:,.1f} {metric.unit}")
     cpu = f" client {run['client_cpu']:.0f}%" if "client_cpu" in run else ""
     srv = f" server {run['server_cpu']:.0f}%" if "server_cpu" in run else ""
     noisy = "" if quiet(run) else f" NOISY (others used {run['background_cpu']:.0f}%)"
-    return head + f"{value:,.1f} {workload.primary().unit}{cpu}{srv} [{seconds:.1f}s]{noisy}"
+    return head + f"{', '.join(shown) or 'no numbers'}{cpu}{srv} [{seconds:.1f}s]{noisy}"
 
 
 def run_all(workloads: Sequence[Workload], impls: Sequence[Impl], settings: Settings,

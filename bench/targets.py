@@ -1,8 +1,11 @@
-"""The targets of the issue, checked against a results document.
+"""The targets, checked against a results document: issue 12's first (the
+hot path: server CPU per unit of work against CPython 3.11's asyncore and
+uvloop, memory, no regression), then earlier ones and context.
 
-Every target compares two medians: ``a / b`` against a threshold.  A
-target whose numbers are missing (a competitor not run, or failed) is
-``N/A`` with the reason; a miss is ``MISS``, never hidden.
+A target compares two medians (``a / b`` against a threshold) or one
+median with an absolute limit.  A target whose numbers are missing (a
+competitor not run, or failed) is ``N/A`` with the reason; a miss is
+``MISS``, never hidden.
 """
 
 from __future__ import annotations
@@ -41,45 +44,105 @@ def stream(line_size: int, biggest: bool = True, in_buffer: int = 0) -> PointPic
     return pick
 
 
+def point(key: str) -> PointPick:
+    """The point named ``key``."""
+
+    def pick(points: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        return next((p for p in points if p["key"] == key), None)
+
+    return pick
+
+
 @dataclass(frozen=True)
 class Target:
-    """``value(a) <op> threshold * value(b)``.
+    """``value(a) <op> threshold * value(b)``, or ``value(a) <op> threshold``
+    when ``b`` is None (an absolute limit).
 
-    ``impl`` names: ``"pollchat"`` is the pollchat backend under test,
-    ``"baseline"`` the workload's comparison (stdlib asyncore).  ``op`` is
-    ``">="``, ``"<="`` or ``"within"`` (min/max of the two >= threshold),
-    or ``"info"``: no threshold, the ratio is shown for comparison.
+    Implementation names: ``"pollchat"`` is the working tree's pollchat under
+    the harness's interpreter (epoll if it ran), ``"pollchat@3.13"`` the same
+    under Python 3.13 (``--python313``), ``"baseline"`` the workload's
+    comparison; anything else is an implementation key.  ``op`` is ``">="``,
+    ``"<="``, ``"within"`` (min/max of the two >= threshold), or ``"info"``: no
+    threshold, the ratio is shown for comparison.  ``metric`` defaults to the
+    workload's primary one.
     """
 
     key: str
     title: str
     workload: str
     a: Tuple[PointPick, str]
-    b: Tuple[PointPick, str]
+    b: Optional[Tuple[PointPick, str]]
     op: str
     threshold: float
-    source: str = "issue"  # where the threshold comes from: issue, bench or context
+    metric: Optional[str] = None
+    source: str = "issue 12"  # where the threshold comes from (see SOURCES)
 
+
+#: What a target's ``source`` means, for the report.
+SOURCES = {
+    "issue 12": "issue 12 (hot path)",
+    "earlier": "the first benchmark issue",
+    "bench": "the bench's own threshold",
+    "context": "for comparison",
+}
+
+US = "server_us_per_op"
+PER_CPU = "ops_per_cpu_s"
 
 TARGETS: Tuple[Target, ...] = (
-    Target("idle-scaling", "Idle scaling: rate at the most idle connections >= 90% of the "
-           "rate at 0", "idle", (last, "pollchat"), (first, "pollchat"), ">=", 0.90),
-    Target("idle-scaling-stdlib", "For comparison: stdlib asyncore (use_poll=True), same ratio",
-           "idle", (last, "stdlib-poll"), (first, "stdlib-poll"), "info", 0, source="context"),
-    Target("concurrency-stdlib", "Concurrency: at least as fast as stdlib asyncore (select)",
-           "concurrency", (first, "pollchat"), (first, "stdlib-select"), ">=", 1.0),
-    Target("concurrency-uvloop", "Concurrency: within 10% of uvloop",
-           "concurrency", (first, "pollchat"), (first, "uvloop"), ">=", 0.90),
-    Target("lines-3x", "Line parsing: >= 3x stdlib asynchat on 20-byte lines",
+    # -- issue 12 ---------------------------------------------------------------
+    Target("pingpong-cpu-311", "Busy ping-pong (100 connections): server CPU per round trip "
+           "<= 0.9x CPython 3.11 asyncore (select), on 3.11", "concurrency",
+           (first, "pollchat@3.11"), (first, "stdlib-select"), "<=", 0.9, metric=US),
+    Target("pingpong-cpu-313", "Busy ping-pong: the same on Python 3.13 (--python313)",
+           "concurrency", (first, "pollchat@3.13"), (first, "stdlib-select"), "<=", 0.9,
+           metric=US),
+    Target("pipeline-stdlib", "Pipelined kv requests (GET/SET, 16 per write): requests per "
+           "server CPU-second >= 1.5x CPython 3.11 asyncore (select)", "pipeline",
+           (point("get-set-x16"), "pollchat"), (point("get-set-x16"), "stdlib-select"), ">=",
+           1.5, metric=PER_CPU),
+    Target("pipeline-uvloop", "Pipelined kv requests (GET/SET, 16 per write): >= uvloop "
+           "(asyncio Protocol) per server CPU-second", "pipeline",
+           (point("get-set-x16"), "pollchat"), (point("get-set-x16"), "uvloop"), ">=", 1.0,
+           metric=PER_CPU),
+    Target("pipeline-set-stdlib", "Pipelined kv SETs (every request has a counted payload, "
+           "16 per write): >= 1.5x CPython 3.11 asyncore (select) per server CPU-second",
+           "pipeline", (point("set-x16"), "pollchat"), (point("set-x16"), "stdlib-select"),
+           ">=", 1.5, metric=PER_CPU),
+    Target("pipeline-set-uvloop", "Pipelined kv SETs: >= uvloop per server CPU-second",
+           "pipeline", (point("set-x16"), "pollchat"), (point("set-x16"), "uvloop"), ">=",
+           1.0, metric=PER_CPU),
+    Target("keepalive-stdlib", "HTTP/1.1 keep-alive (100 connections): requests per server "
+           "CPU-second >= 1.0x CPython 3.11 asyncore (select)", "keepalive",
+           (first, "pollchat"), (first, "stdlib-select"), ">=", 1.0, metric=PER_CPU),
+    Target("memory-1300", "Memory per idle async_chat connection <= 1,300 bytes", "memory",
+           (first, "pollchat"), None, "<=", 1300),
+    Target("idle-scaling", "No regression: idle scaling, rate at the most idle connections "
+           ">= 90% of the rate at 0", "idle", (last, "pollchat"), (first, "pollchat"), ">=",
+           0.90),
+    Target("lines-3x", "No regression: 20-byte line parsing >= 3x stdlib asynchat",
            "lines", (stream(20), "pollchat"), (stream(20), "baseline"), ">=", 3.0),
-    Target("in-buffer-flat", "Line parsing: ac_in_buffer_size 4 KiB vs 1 MiB within 15%",
-           "lines", (stream(20, in_buffer=4096), "pollchat"),
+    Target("in-buffer-flat", "No regression: 20-byte lines flat across ac_in_buffer_size "
+           "(4 KiB vs 1 MiB within 15%)", "lines", (stream(20, in_buffer=4096), "pollchat"),
            (stream(20, in_buffer=1 << 20), "pollchat"), "within", 0.85),
-    Target("in-buffer-stdlib", "For comparison: stdlib asynchat, 1 MiB vs 4 KiB in-buffer",
-           "lines", (stream(20, in_buffer=1 << 20), "stdlib-poll"),
+    # -- earlier targets and context ---------------------------------------------
+    Target("concurrency-stdlib", "Concurrency: round trips/s at least stdlib asyncore's "
+           "(select)", "concurrency", (first, "pollchat"), (first, "stdlib-select"), ">=",
+           1.0, source="earlier"),
+    Target("concurrency-uvloop", "Concurrency: round trips/s within 10% of uvloop",
+           "concurrency", (first, "pollchat"), (first, "uvloop"), ">=", 0.90,
+           source="earlier"),
+    Target("memory", "Memory per idle connection <= stdlib asyncore's", "memory",
+           (first, "pollchat"), (first, "baseline"), "<=", 1.0, source="earlier"),
+    Target("pipeline-uvloop-batched", "Pipelined kv SETs: vs uvloop with the application "
+           "batching its replies (one write per read)", "pipeline",
+           (point("set-x16"), "pollchat"), (point("set-x16"), "uvloop-batched"), "info", 0,
+           metric=PER_CPU, source="context"),
+    Target("idle-scaling-stdlib", "stdlib asyncore (use_poll=True), idle scaling ratio",
+           "idle", (last, "stdlib-poll"), (first, "stdlib-poll"), "info", 0, source="context"),
+    Target("in-buffer-stdlib", "stdlib asynchat, 1 MiB vs 4 KiB in-buffer", "lines",
+           (stream(20, in_buffer=1 << 20), "stdlib-poll"),
            (stream(20, in_buffer=4096), "stdlib-poll"), "info", 0, source="context"),
-    Target("memory", "Memory per idle connection <= stdlib asyncore's",
-           "memory", (first, "pollchat"), (first, "baseline"), "<=", 1.0),
     Target("lines-linear", "20-byte lines: big stream rate >= 75% of small stream rate "
            "(no super-linear slowdown)", "lines", (stream(20), "pollchat"),
            (stream(20, biggest=False), "pollchat"), ">=", 0.75, source="bench"),
@@ -94,82 +157,121 @@ TARGETS: Tuple[Target, ...] = (
 
 def _resolve(rs: ResultSet, target: Target, side: Tuple[PointPick, str]
              ) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
-    workload = rs.workload(target.workload)
-    if workload is None:
+    if not rs.has_workload(target.workload):
         return None, None
-    point = side[0](workload["points"])
+    picked = side[0](rs.workload(target.workload)["points"])
     name = side[1]
-    if point is None:
+    if picked is None:
         return None, None
     if name == "pollchat":
-        return point, rs.pollchat_key()
+        return picked, rs.pollchat_key()
+    if name.startswith("pollchat@"):
+        return picked, rs.pollchat_key(minor=name.split("@", 1)[1])
     if name == "baseline":
-        return point, rs.baseline(target.workload, point["key"])
-    return point, name
+        return picked, rs.baseline(target.workload, picked["key"])
+    return picked, name
 
 
-def _why_missing(rs: ResultSet, workload: str, point: Optional[Dict[str, Any]],
+def _why_missing(rs: ResultSet, workload: str, picked: Optional[Dict[str, Any]],
                  impl: Optional[str], wanted: str) -> str:
-    if point is None:
+    if picked is None:
         return f"workload {workload!r} (or the point) was not run"
     if impl is None:
+        if wanted.startswith("pollchat@"):
+            minor = wanted.split("@", 1)[1]
+            return (f"no pollchat implementation ran under Python {minor} (add "
+                    f"--python{minor.replace('.', '')} PATH)")
         reasons = {i["skip"] for i in rs.impls if i["key"].startswith(wanted) and i["skip"]}
         return f"no {wanted} implementation ran" + (f" ({'; '.join(sorted(reasons))})"
                                                      if reasons else "")
-    cell = rs.cell(workload, point["key"], impl)
+    cell = rs.cell(workload, picked["key"], impl)
     if cell is None:
-        return f"{impl} was not run on {point['label']}"
+        return f"{impl} was not run on {picked['label']}"
     if cell["status"] == "skipped":
         return f"{impl} skipped: {cell['error']}"
-    return f"{impl} failed on {point['label']}: {cell['error'][:200]}"
+    if cell["status"] == "ok":
+        return f"{impl} has no such figure on {picked['label']}"
+    return f"{impl} failed on {picked['label']}: {cell['error'][:200]}"
 
 
-def _cpu_note(rs: ResultSet, workload: str, point: Dict[str, Any], impl: str) -> str:
-    cpu = rs.value(workload, point["key"], impl, "client_cpu")
+@dataclass(frozen=True)
+class Measured:
+    """One side of a target: the point, the implementation, its median."""
+
+    point: Dict[str, Any]
+    impl: str
+    value: float
+
+    def shown(self, rs: ResultSet, workload: str, unit: str) -> str:
+        """``impl @ point: value unit (client CPU n%)``."""
+        return (f"{self.impl} @ {self.point['label']}: {fmt_number(self.value)} {unit}"
+                f"{_cpu_note(rs, workload, self.point, self.impl)}")
+
+    def noisy(self, rs: ResultSet, workload: str) -> bool:
+        """Whether the figure was measured while others kept the CPUs busy."""
+        cell = rs.cell(workload, self.point["key"], self.impl)
+        return bool(cell and cell.get("noisy_point"))
+
+
+def _measure(rs: ResultSet, target: Target, side: Tuple[PointPick, str], metric: str
+             ) -> Tuple[Optional[Measured], str]:
+    """The figure for one side of ``target``, or None and why it is missing."""
+    picked, impl = _resolve(rs, target, side)
+    value = rs.value(target.workload, picked["key"], impl, metric) if picked and impl else None
+    if picked is None or impl is None or value is None:
+        return None, _why_missing(rs, target.workload, picked, impl, side[1])
+    return Measured(picked, impl, value), ""
+
+
+def _cpu_note(rs: ResultSet, workload: str, picked: Dict[str, Any], impl: str) -> str:
+    cpu = rs.value(workload, picked["key"], impl, "client_cpu")
     if cpu is None:
         return ""
     bound = ", CLIENT-BOUND" if cpu >= CLIENT_BOUND else ""
     return f" (client CPU {cpu:.0f}%{bound})"
 
 
-def _noisy(rs: ResultSet, workload: str, point: Dict[str, Any], impl: str) -> bool:
-    cell = rs.cell(workload, point["key"], impl)
-    return bool(cell and cell.get("noisy_point"))
+def _passes(op: str, value: float, threshold: float) -> Optional[bool]:
+    """Whether ``value <op> threshold`` (None for "info")."""
+    if op in (">=", "within"):
+        return value >= threshold
+    if op == "<=":
+        return value <= threshold
+    return None
 
 
 def check(rs: ResultSet, target: Target) -> Dict[str, Any]:
-    """Evaluate one target: ``{"key", "title", "status", "detail"}``."""
-    out = {"key": target.key, "title": target.title, "source": target.source}
-    (pa, ia), (pb, ib) = _resolve(rs, target, target.a), _resolve(rs, target, target.b)
-    va = rs.value(target.workload, pa["key"], ia) if pa and ia else None
-    vb = rs.value(target.workload, pb["key"], ib) if pb and ib else None
-    if va is None or vb is None or vb == 0:
-        missing = (pa, ia, target.a[1]) if va is None else (pb, ib, target.b[1])
-        return {**out, "status": "N/A",
-                "detail": _why_missing(rs, target.workload, *missing)}
-    ratio = va / vb
-    if target.op == "info":
-        ok = None
-    elif target.op == ">=":
-        ok = ratio >= target.threshold
-    elif target.op == "<=":
-        ok = ratio <= target.threshold
+    """Evaluate one target: ``{"key", "title", "status", "detail", ...}``;
+    status PASS, MISS, INFO or N/A (numbers missing, with the reason)."""
+    out: Dict[str, Any] = {"key": target.key, "title": target.title, "source": target.source}
+    metric = (rs.metric(target.workload, target.metric) if target.metric
+              else rs.primary(target.workload))
+    a, why = _measure(rs, target, target.a, metric.key)
+    if a is None:
+        return {**out, "status": "N/A", "detail": why}
+    detail = a.shown(rs, target.workload, metric.unit)
+    noisy = a.noisy(rs, target.workload)
+    ratio: Optional[float] = None
+    if target.b is None:
+        ok = _passes(target.op, a.value, target.threshold)
+        detail += f" (need {target.op} {fmt_number(target.threshold)} {metric.unit})"
     else:
-        ratio = min(va, vb) / max(va, vb)
-        ok = ratio >= target.threshold
-    unit = rs.primary(target.workload).unit
-    detail = (f"{ia} @ {pa['label']}: {fmt_number(va)} {unit}"
-              f"{_cpu_note(rs, target.workload, pa, ia)} vs {ib} @ {pb['label']}: "
-              f"{fmt_number(vb)} {unit}{_cpu_note(rs, target.workload, pb, ib)} "
-              f"-> {ratio:.2f}")
-    if _noisy(rs, target.workload, pa, ia) or _noisy(rs, target.workload, pb, ib):
+        b, why = _measure(rs, target, target.b, metric.key)
+        if b is None or b.value == 0:
+            return {**out, "status": "N/A", "detail": why or f"{target.b[1]} measured 0"}
+        ratio = (min(a.value, b.value) / max(a.value, b.value) if target.op == "within"
+                 else a.value / b.value)
+        ok = _passes(target.op, ratio, target.threshold)
+        detail += f" vs {b.shown(rs, target.workload, metric.unit)} -> {ratio:.2f}"
+        if ok is not None:
+            detail += f" (need {target.op} {target.threshold:g})"
+        noisy = noisy or b.noisy(rs, target.workload)
+    if noisy:
         detail += " [measured while other processes kept the CPUs busy]"
-    if ok is None:
-        return {**out, "status": "INFO", "ratio": ratio, "detail": detail}
-    detail += f" (need {target.op} {target.threshold:g})"
-    return {**out, "status": "PASS" if ok else "MISS", "ratio": ratio, "detail": detail}
+    status = "INFO" if ok is None else "PASS" if ok else "MISS"
+    return {**out, "status": status, "ratio": ratio, "value": a.value, "detail": detail}
 
 
 def check_all(rs: ResultSet) -> List[Dict[str, Any]]:
     """Every target whose workload was run."""
-    return [check(rs, t) for t in TARGETS if rs.workload(t.workload) is not None]
+    return [check(rs, t) for t in TARGETS if rs.has_workload(t.workload)]

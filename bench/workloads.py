@@ -2,16 +2,23 @@
 which parameter points are measured (quick and full), and which metrics
 are reported.
 
-Adding a workload is adding an entry to :data:`WORKLOADS`; the runner,
-the report and the plots know nothing specific to any one of them.
+Adding a workload is adding an entry to :data:`WORKLOADS` (with, for a new
+protocol, a server ``--mode`` and a script builder in bench/scripts.py);
+the runner, the report and the plots know nothing specific to any one of
+them.  See bench/README.md, "Adding a workload".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from . import scripts
 from .impls import Impl
+from .scripts import Script
+
+SERVERS_DIR = Path(__file__).resolve().parent / "servers"
 
 MB = 1_000_000
 KIB = 1024
@@ -36,7 +43,7 @@ class Settings:
         return self.client_timeout * 2 + self.warmup + self.duration + 10
 
 
-QUICK = Settings(quick=True, repeats=1, warmup=0.1, duration=0.4, client_timeout=20,
+QUICK = Settings(quick=True, repeats=1, warmup=0.05, duration=0.25, client_timeout=20,
                  server_max_seconds=90, noisy_retries=0, noisy_budget=0)
 FULL = Settings(quick=False, repeats=3, warmup=0.3, duration=1.5, client_timeout=60,
                 server_max_seconds=300, noisy_retries=2, noisy_budget=40)
@@ -44,16 +51,29 @@ FULL = Settings(quick=False, repeats=3, warmup=0.3, duration=1.5, client_timeout
 
 @dataclass(frozen=True)
 class Metric:
-    """A reported quantity of a run."""
+    """A reported quantity of a run.  ``{op}``/``{ops}`` in the label and unit
+    stand for the workload's unit of work (round trip, request, line...)."""
 
     key: str
     label: str
     unit: str
     higher_is_better: bool = True
 
+    def title(self) -> str:
+        """The label, with the unit when the label does not already say it."""
+        return self.label if self.unit in self.label else f"{self.label} ({self.unit})"
+
+    def for_op(self, op: Sequence[str]) -> Metric:
+        """This metric named for a workload whose unit of work is ``op``
+        (singular, plural)."""
+        return replace(self, label=self.label.format(op=op[0], ops=op[1]),
+                       unit=self.unit.format(op=op[0], ops=op[1]))
+
 
 METRICS: Dict[str, Metric] = {m.key: m for m in (
-    Metric("rate", "round trips/s", "rt/s"),
+    Metric("rate", "{ops}/s", "{ops}/s"),
+    Metric("ops_per_cpu_s", "{ops} per server CPU-second", "{ops}/CPU-s"),
+    Metric("server_us_per_op", "server CPU per {op}", "µs", higher_is_better=False),
     Metric("lines_per_s", "lines/s", "lines/s"),
     Metric("mb_per_s", "MB/s", "MB/s"),
     Metric("per_conn", "RSS per idle connection", "bytes", higher_is_better=False),
@@ -61,6 +81,14 @@ METRICS: Dict[str, Metric] = {m.key: m for m in (
     Metric("server_cpu", "server CPU", "%", higher_is_better=False),
     Metric("background_cpu", "others' CPU", "%", higher_is_better=False),
 )}
+#: The metrics that say what the server's CPU buys, the first a workload
+#: lists is its *efficiency* metric (overview table, before/after).
+EFFICIENCY = ("server_us_per_op", "ops_per_cpu_s")
+
+#: Server programs (in bench/servers/) per kind of implementation api.
+DEFAULT_SERVERS: Mapping[str, str] = {"legacy": "legacy_server.py",
+                                      "asyncio": "asyncio_server.py"}
+CLIENT_KINDS = ("script", "stream", "bulk")
 
 
 @dataclass(frozen=True)
@@ -80,34 +108,67 @@ class Point:
         return {"key": self.key, "label": self.label, "params": dict(self.params)}
 
 
+ScriptBuilder = Callable[[Mapping[str, Any]], Script]
+
+
 @dataclass(frozen=True)
 class Workload:
-    """One workload: a server mode, a client, points and metrics."""
+    """One workload: a server mode, a client, points and metrics.
+
+    ``client`` is ``"script"`` (the request/reply load generator, loadgen.c
+    or its Python twin, playing ``script(point.params)``), ``"stream"`` or
+    ``"bulk"`` (clients.py).  ``servers`` maps an implementation's api
+    (``"legacy"``, ``"asyncio"``) to the server program in bench/servers/
+    that speaks the workload's ``server_mode``; implementations whose api is
+    not there do not run the workload."""
 
     key: str
     title: str
     description: str
-    server_mode: str  # legacy_server.py / asyncio_server.py --mode
-    client: str  # "pingpong" (loadgen.c), "stream" or "bulk" (clients.py)
-    metrics: Tuple[str, ...]  # the first is the one ratios and plots use
+    server_mode: str  # the server program's --mode
+    client: str
+    metrics: Tuple[str, ...]  # the first is the one plots use
     full: Tuple[Point, ...]
     quick: Tuple[Point, ...]
     baselines: Tuple[str, ...]  # ratios are to the first of these that ran
+    op: Tuple[str, str] = ("round trip", "round trips")  # the unit of work
+    script: Optional[ScriptBuilder] = None  # for client "script"
+    servers: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SERVERS))
     axis: str = ""  # a numeric param to plot against (else bars per point)
     same_cpu: bool = False  # pin client and server to the same CPU (see README)
+
+    def __post_init__(self) -> None:
+        if self.client not in CLIENT_KINDS:
+            raise ValueError(f"workload {self.key}: unknown client {self.client!r}")
+        if (self.client == "script") != (self.script is not None):
+            raise ValueError(f"workload {self.key}: client 'script' needs a script builder, "
+                             "and only it")
 
     def points(self, settings: Settings) -> Tuple[Point, ...]:
         """The points measured in this mode."""
         return self.quick if settings.quick else self.full
 
     def applies(self, impl: Impl, point: Point) -> bool:
-        """Whether ``point`` means anything for ``impl`` (ac_in_buffer_size
-        exists only in asynchat)."""
+        """Whether ``impl`` runs ``point``: it has a server program here, is
+        not restricted to other workloads, and the point means something for
+        it (ac_in_buffer_size exists only in asynchat)."""
+        if impl.api not in self.servers:
+            return False
+        if impl.workloads is not None and self.key not in impl.workloads:
+            return False
         return impl.legacy or not point.params.get("in_buffer")
 
-    def primary(self) -> Metric:
-        """The metric ratios, targets and plots use."""
-        return METRICS[self.metrics[0]]
+    def server_program(self, impl: Impl) -> str:
+        """Path of the server program ``impl`` runs for this workload."""
+        return str(SERVERS_DIR / self.servers[impl.api])
+
+    def metric(self, key: str) -> Metric:
+        """Metric ``key`` named for this workload's unit of work."""
+        return METRICS[key].for_op(self.op)
+
+    def efficiency(self) -> Optional[str]:
+        """The metric that says what the server's CPU buys (None: none)."""
+        return next((m for m in self.metrics if m in EFFICIENCY), None)
 
     def server_args(self, point: Point) -> List[str]:
         """Server options for ``point``."""
@@ -116,23 +177,22 @@ class Workload:
             args += ["--in-buffer", str(point.params["in_buffer"])]
         return args
 
-    def client_args(self, point: Point, settings: Settings, port: int) -> List[str]:
-        """Client options for ``point`` (after the client's program and mode)."""
+    def client_args(self, point: Point, settings: Settings, port: int,
+                    script: Optional[Path] = None) -> List[str]:
+        """Client options for ``point`` (after the client's program and
+        mode); ``script`` is the file :meth:`script` was written to."""
         params = point.params
-        args = ["--port", str(port), "--timeout", str(settings.client_timeout)]
-        if self.client == "pingpong":
+        args: List[Any] = ["--port", port, "--timeout", settings.client_timeout]
+        if self.client == "script":
             conns = params.get("conns", 1)
             timed = conns > 0  # no active connection: nothing to time
-            args += ["--conns", conns, "--idle", params.get("idle", 0),
+            args += ["--script", script, "--conns", conns, "--idle", params.get("idle", 0),
                      "--warmup", settings.warmup if timed else 0,
-                     "--duration", settings.duration if timed else 0,
-                     "--line-size", params.get("line_size", 16), "--sync"]
+                     "--duration", settings.duration if timed else 0, "--sync"]
         elif self.client == "stream":
             args += ["--line-size", params["line_size"], "--total", params["total"]]
-        elif self.client == "bulk":
-            args += ["--total", params["total"]]
         else:
-            raise ValueError(f"unknown client {self.client!r}")
+            args += ["--total", params["total"]]
         return [str(a) for a in args]
 
     def to_json(self, settings: Settings) -> Dict[str, Any]:
@@ -140,7 +200,8 @@ class Workload:
         return {"key": self.key, "title": self.title, "description": self.description,
                 "metrics": list(self.metrics), "baselines": list(self.baselines),
                 "axis": self.axis, "client": self.client, "server_mode": self.server_mode,
-                "same_cpu": self.same_cpu,
+                "same_cpu": self.same_cpu, "op": list(self.op),
+                "efficiency": self.efficiency(), "servers": dict(self.servers),
                 "points": [p.to_json() for p in self.points(settings)]}
 
 
@@ -189,7 +250,29 @@ def memory_point(n: int) -> Point:
     return Point(f"mem{n}", f"{n:,} idle", {"idle": n, "conns": 0})
 
 
+def kv_point(mix: str, depth: int, conns: int = 50) -> Point:
+    """The kv protocol on ``conns`` connections, ``depth`` requests per write."""
+    what = "GET/SET" if mix == "get-set" else "SET only"
+    how = "1 request per write" if depth == 1 else f"{depth} pipelined per write"
+    return Point(f"{mix}-x{depth}", f"{what}, {how}",
+                 {"conns": conns, "mix": mix, "depth": depth, "value_size": 32})
+
+
+def pingpong_script(params: Mapping[str, Any]) -> Script:
+    """Line ping-pong (16-byte lines unless ``line_size`` says otherwise)."""
+    return scripts.pingpong(params.get("line_size", 16))
+
+
+def kv_script(params: Mapping[str, Any]) -> Script:
+    """The kv protocol at ``params``' mix, depth and value size."""
+    return scripts.kv(params["mix"], params["depth"], params["value_size"])
+
+
 LEGACY_FIRST = ("stdlib-poll", "stdlib-select", "asyncio")
+SELECT_FIRST = ("stdlib-select", "stdlib-poll", "asyncio")
+CPU_METRICS = ("client_cpu", "server_cpu")
+ROUND_TRIPS = ("round trip", "round trips")
+REQUESTS = ("request", "requests")
 
 WORKLOADS: Tuple[Workload, ...] = (
     Workload(
@@ -198,17 +281,46 @@ WORKLOADS: Tuple[Workload, ...] = (
                     "idle connections are open. Round trips per second. Client and server "
                     "share one CPU, so that a round trip costs what the two processes do "
                     "rather than two cross-CPU wake-ups (which dominate in a VM).",
-        server_mode="echo", client="pingpong", metrics=("rate", "client_cpu", "server_cpu"),
+        server_mode="echo", client="script", script=pingpong_script,
+        metrics=("rate", "server_us_per_op", *CPU_METRICS), op=ROUND_TRIPS,
         full=idle_points((0, 1000, 5000, 10000)), quick=idle_points((0, 200)),
         baselines=LEGACY_FIRST, axis="idle", same_cpu=True),
     Workload(
-        key="concurrency", title="Concurrency",
-        description="100 clients, each doing sequential ping-pong (16-byte lines). "
-                    "Total round trips per second.",
-        server_mode="echo", client="pingpong", metrics=("rate", "client_cpu", "server_cpu"),
+        key="concurrency", title="Concurrency (busy ping-pong)",
+        description="100 clients, each doing sequential ping-pong (16-byte lines): total "
+                    "round trips per second, and the server's CPU per round trip.",
+        server_mode="echo", client="script", script=pingpong_script,
+        metrics=("rate", "server_us_per_op", "ops_per_cpu_s", *CPU_METRICS), op=ROUND_TRIPS,
         full=(Point("conns100", "100 clients", {"conns": 100}),),
         quick=(Point("conns100", "100 clients", {"conns": 100}),),
-        baselines=("stdlib-select", "stdlib-poll", "asyncio")),
+        baselines=SELECT_FIRST),
+    Workload(
+        key="pipeline", title="Key-value protocol (pipelined requests)",
+        description="A key-value protocol like Redis's RESP, line headers plus "
+                    "count-terminated payloads (`SET key n` + n bytes -> `+OK`, `GET key` -> "
+                    "`$n` + n bytes), 32-byte values, 50 connections. Each connection writes "
+                    "1 request, or 16 pipelined in one write, and waits for all the replies. "
+                    "The async_chat program switches between set_terminator(b'\\r\\n') "
+                    "and set_terminator(n) and pushes each reply; the asyncio Protocol "
+                    "writes each reply (`uvloop-batched`: one write per read). Requests "
+                    "per server CPU-second.",
+        server_mode="kv", client="script", script=kv_script,
+        metrics=("ops_per_cpu_s", "rate", "server_us_per_op", *CPU_METRICS), op=REQUESTS,
+        full=(kv_point("get-set", 1), kv_point("get-set", 16), kv_point("set", 1),
+              kv_point("set", 16)),
+        quick=(kv_point("get-set", 1), kv_point("get-set", 16), kv_point("set", 16)),
+        baselines=SELECT_FIRST),
+    Workload(
+        key="keepalive", title="HTTP/1.1 keep-alive",
+        description="100 connections, each sending HTTP/1.1 GET requests one at a time on "
+                    "one keep-alive connection; the server parses the head (async_chat "
+                    "terminator b'\\r\\n\\r\\n') and sends a small fixed response. "
+                    "Requests per server CPU-second.",
+        server_mode="http", client="script", script=lambda params: scripts.http_keepalive(),
+        metrics=("ops_per_cpu_s", "rate", "server_us_per_op", *CPU_METRICS), op=REQUESTS,
+        full=(Point("conns100", "100 connections", {"conns": 100}),),
+        quick=(Point("conns100", "100 connections", {"conns": 100}),),
+        baselines=SELECT_FIRST),
     Workload(
         key="lines", title="Line parsing",
         description="One client streams lines as fast as it can; the server counts them "
@@ -217,21 +329,24 @@ WORKLOADS: Tuple[Workload, ...] = (
                     "streams show linearity; the in-buffer pair sets "
                     "async_chat.ac_in_buffer_size to 4 KiB and 1 MiB (default 64 KiB).",
         server_mode="count", client="stream",
-        metrics=("lines_per_s", "mb_per_s", "client_cpu", "server_cpu"),
+        metrics=("lines_per_s", "mb_per_s", "server_us_per_op", *CPU_METRICS),
+        op=("line", "lines"),
         full=stream_points((MB, 100 * MB), (10 * MB, 1000 * MB), 10 * MB),
         quick=stream_points((256 * KIB, 4 * MB), (256 * KIB, 4 * MB), MB),
         baselines=LEGACY_FIRST),
     Workload(
         key="memory", title="Memory per idle connection",
         description="Server RSS growth (psutil) from start to N open idle connections, "
-                    "divided by N.",
-        server_mode="echo", client="pingpong", metrics=("per_conn",),
+                    "divided by N (async_chat channels in the asyncore program, Protocol "
+                    "instances and transports in the asyncio one).",
+        server_mode="echo", client="script", script=pingpong_script, metrics=("per_conn",),
         full=(memory_point(10000),), quick=(memory_point(200),),
         baselines=LEGACY_FIRST),
     Workload(
         key="bulk", title="Bulk send",
         description="The server pushes N bytes to one reader in a single push()/write(). MB/s.",
-        server_mode="push", client="bulk", metrics=("mb_per_s", "client_cpu", "server_cpu"),
+        server_mode="push", client="bulk",
+        metrics=("mb_per_s", "server_us_per_op", *CPU_METRICS), op=("MB", "MB"),
         full=bulk_points((100 * MB, 1000 * MB)), quick=bulk_points((MB, 16 * MB)),
         baselines=LEGACY_FIRST),
 )

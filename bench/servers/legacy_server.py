@@ -3,9 +3,14 @@
 One program for pollchat and for CPython's own asyncore/asynchat: the only
 difference between the two is the import below.  For pollchat the poller
 comes from ``POLLCHAT_BACKEND``; for the standard library ``--use-poll``
-passes ``use_poll=True`` to ``asyncore.loop()``.  The protocol is described
-in ``_common``.  The server prints ``PORT <n>`` and serves until a ``QUIT``
-line or until ``--max-seconds`` have passed.
+passes ``use_poll=True`` to ``asyncore.loop()``.  The protocols are described
+in ``_common``.  The server prints ``PORT <n>`` and serves until its quit
+message or until ``--max-seconds`` have passed.
+
+The channels are written as asynchat programs are: one ``push()`` per reply,
+pieces collected in ``collect_incoming_data()``, and for the kv protocol a
+``set_terminator(b"\\r\\n")`` for each header and ``set_terminator(n)`` for
+each counted payload.
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ ARGS = _common.parse_args(__doc__.splitlines()[0], [
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # 3.11: asyncore is deprecated
 
 # -------- the one difference between the pollchat and the stdlib server --------
-if ARGS.impl == "pollchat":
-    from pollchat import asynchat, asyncore  # noqa: E402
-else:
+if ARGS.impl == "stdlib":
     import asynchat  # noqa: E402
     import asyncore  # noqa: E402
+else:
+    from pollchat import (  # type: ignore[import-not-found,no-redef,unused-ignore]  # noqa: E402
+        asynchat,
+        asyncore,
+    )
 # --------------------------------------------------------------------------------
 
 #: Connections accepted per readable event of the listening socket.
@@ -42,21 +50,33 @@ def shutdown() -> None:
     asyncore.close_all()
 
 
-class LineChannel(asynchat.async_chat):
-    """A connection that reads ``\\n``-terminated lines and hands each to
-    :meth:`on_line`, collecting pieces the way the asynchat docs do."""
+class CollectingChannel(asynchat.async_chat):
+    """A channel that starts with terminator :attr:`first_terminator` and
+    collects the pieces of each message the way the asynchat docs do."""
+
+    first_terminator = b"\n"
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock)
-        self.set_terminator(b"\n")
+        self.set_terminator(self.first_terminator)
         self.pieces: List[bytes] = []
 
     def collect_incoming_data(self, data: bytes) -> None:
         self.pieces.append(data)
 
-    def found_terminator(self) -> None:
-        line = b"".join(self.pieces)
+    def take(self) -> bytes:
+        """The message collected so far (and forget it)."""
+        data = b"".join(self.pieces)
         self.pieces = []
+        return data
+
+
+class LineChannel(CollectingChannel):
+    """A connection that reads ``\\n``-terminated lines and hands each to
+    :meth:`on_line`."""
+
+    def found_terminator(self) -> None:
+        line = self.take()
         if line == b"QUIT":
             shutdown()
         else:
@@ -100,7 +120,66 @@ class PushChannel(LineChannel):
             self.push(bytes(size))
 
 
-CHANNELS = {"echo": EchoChannel, "count": CountChannel, "push": PushChannel}
+class KVChannel(CollectingChannel):
+    """The kv protocol: a ``b"\\r\\n"`` terminator for each header line, a
+    count terminator (payload plus its ``\\r\\n``) for each SET's value."""
+
+    store = _common.KVStore()
+    first_terminator = b"\r\n"
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.key = b""  # the key of the SET whose payload is being read
+        self.in_payload = False
+
+    def found_terminator(self) -> None:
+        data = self.take()
+        if self.in_payload:
+            self.in_payload = False
+            self.set_terminator(b"\r\n")
+            if not data.endswith(b"\r\n"):
+                self.fail("payload not followed by CRLF")
+                return
+            self.push(self.store.set(self.key, data[:-2]))
+            return
+        try:
+            command, key, size = _common.kv_header(data)
+        except _common.KVError as exc:
+            self.fail(str(exc))
+            return
+        if command == b"GET":
+            self.push(self.store.get(key))
+        elif command == b"SET":
+            self.key = key
+            self.in_payload = True
+            self.set_terminator(size + 2)
+        else:
+            shutdown()
+
+    def fail(self, why: str) -> None:
+        """Answer an error and close: a framing error cannot be resynchronised."""
+        self.push(_common.kv_error(why))
+        self.close_when_done()
+
+
+class HTTPChannel(CollectingChannel):
+    """HTTP/1.1 keep-alive: the terminator ``b"\\r\\n\\r\\n"`` ends each
+    request head; every request gets one push of the fixed response."""
+
+    first_terminator = b"\r\n\r\n"
+
+    def found_terminator(self) -> None:
+        reply, close, quit_ = _common.http_reply(self.take())
+        if quit_:
+            shutdown()
+            return
+        self.push(reply)
+        if close:
+            self.close_when_done()
+
+
+CHANNELS = {"echo": EchoChannel, "count": CountChannel, "push": PushChannel,
+            "kv": KVChannel, "http": HTTPChannel}
 
 
 class Listener(asyncore.dispatcher):
@@ -116,6 +195,7 @@ class Listener(asyncore.dispatcher):
         self.set_reuse_addr()
         self.bind((host, port))
         self.listen(backlog)
+        self.port: int = self.socket.getsockname()[1] if self.socket else 0
 
     def handle_accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -125,6 +205,10 @@ class Listener(asyncore.dispatcher):
             self.handle_accepted(*pair)
 
     def handle_accepted(self, sock: socket.socket, addr: object) -> None:
+        # Replies go out as soon as they are pushed, as asyncio and uvloop do
+        # by default: with Nagle's algorithm, the second of several small
+        # replies in a row would wait for the client's delayed ACK (40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.factory(sock)
 
 
@@ -134,13 +218,10 @@ def main() -> int:
     if ARGS.in_buffer:
         LineChannel.ac_in_buffer_size = ARGS.in_buffer
     listener = Listener(ARGS.host, ARGS.port, ARGS.backlog, CHANNELS[ARGS.mode])
-    info = _common.runtime_info(ARGS.impl)
-    info.update(mode=ARGS.mode, use_poll=ARGS.use_poll,
-                ac_in_buffer_size=LineChannel.ac_in_buffer_size)
-    _common.announce(listener.socket.getsockname()[1], info)
-    _common.arm_deadline(ARGS.max_seconds)
-    asyncore.loop(timeout=1.0, use_poll=ARGS.use_poll)
-    return 0
+    info = _common.runtime_info(ARGS.impl, ARGS.mode)
+    info.update(use_poll=ARGS.use_poll, ac_in_buffer_size=LineChannel.ac_in_buffer_size)
+    _common.announce(listener.port, info)
+    return _common.serve(lambda: asyncore.loop(timeout=1.0, use_poll=ARGS.use_poll), ARGS)
 
 
 if __name__ == "__main__":
