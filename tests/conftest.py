@@ -15,6 +15,7 @@ inside it.
 from __future__ import annotations
 
 import gc
+import socket
 
 import kqueue_libkqueue
 import libkqueue_build
@@ -95,6 +96,15 @@ def make_backend(backend_name):
 def backend(make_backend):
     """One backend of ``backend_name``, closed at teardown."""
     return make_backend()
+
+
+@pytest.fixture
+def pair():
+    """A connected AF_UNIX socketpair, closed at teardown."""
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
 
 
 @pytest.fixture

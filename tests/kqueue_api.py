@@ -28,7 +28,7 @@ import operator
 import os
 import sys
 import weakref
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["INVALIDATED_IN_CHILD", "KQUEUE_CONSTANTS", "as_fd", "control_arguments", "kevent",
            "track"]
@@ -85,18 +85,18 @@ _NS_PER_SECOND = 10**9
 _PYTIME_MIN, _PYTIME_MAX = -(2**63), 2**63 - 1
 
 
-def _check_int(value, name: str, lo: int, hi: int) -> int:
+def _check_int(value: Any, name: str, lo: int, hi: int) -> int:
     try:
-        value = operator.index(value)
+        number = operator.index(value)
     except TypeError:
         raise TypeError(f"kevent(): {name} must be an integer, not "
                         f"{type(value).__name__}") from None
-    if not lo <= value <= hi:
-        raise OverflowError(f"kevent(): {name} {value} is out of range [{lo}, {hi}]")
-    return value
+    if not lo <= number <= hi:
+        raise OverflowError(f"kevent(): {name} {number} is out of range [{lo}, {hi}]")
+    return number
 
 
-def as_fd(obj) -> int:
+def as_fd(obj: Any) -> int:
     """CPython's ``PyObject_AsFileDescriptor``: an int, or ``fileno()``."""
     if isinstance(obj, int):
         fd = int(obj)
@@ -107,6 +107,7 @@ def as_fd(obj) -> int:
         fd = meth()
         if not isinstance(fd, int):
             raise TypeError("fileno() returned a non-integer")
+        fd = int(fd)
     if fd < 0:
         raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
     return fd
@@ -118,8 +119,8 @@ class kevent:
     __slots__ = ("ident", "filter", "flags", "fflags", "data", "udata")
     __hash__ = None  # type: ignore[assignment]  # CPython's kevent is unhashable
 
-    def __init__(self, ident, filter=KQ_FILTER_READ, flags=KQ_EV_ADD,  # noqa: PLR0917
-                 fflags=0, data=0, udata=0):
+    def __init__(self, ident: Any, filter: Any = KQ_FILTER_READ,  # noqa: PLR0917
+                 flags: Any = KQ_EV_ADD, fflags: Any = 0, data: Any = 0, udata: Any = 0) -> None:
         self.filter = _check_int(filter, "filter", -(2**15), 2**15 - 1)
         self.flags = _check_int(flags, "flags", 0, 2**16 - 1)
         self.fflags = _check_int(fflags, "fflags", 0, 2**32 - 1)
@@ -128,29 +129,29 @@ class kevent:
         if isinstance(ident, int):
             if ident < 0:
                 raise OverflowError("can't convert negative value to size_t")
-            self.ident = int(ident)
+            self.ident: int = int(ident)
         else:
             self.ident = as_fd(ident)
 
-    def _key(self):
+    def _key(self) -> Tuple[int, int, int, int, int, int]:
         return (self.ident, self.filter, self.flags, self.fflags, self.data, self.udata)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return self._key() == other._key() if isinstance(other, kevent) else NotImplemented
 
-    def __ne__(self, other):
+    def __ne__(self, other: object) -> bool:
         return self._key() != other._key() if isinstance(other, kevent) else NotImplemented
 
-    def __lt__(self, other):
+    def __lt__(self, other: object) -> bool:
         return self._key() < other._key() if isinstance(other, kevent) else NotImplemented
 
-    def __le__(self, other):
+    def __le__(self, other: object) -> bool:
         return self._key() <= other._key() if isinstance(other, kevent) else NotImplemented
 
-    def __gt__(self, other):
+    def __gt__(self, other: object) -> bool:
         return self._key() > other._key() if isinstance(other, kevent) else NotImplemented
 
-    def __ge__(self, other):
+    def __ge__(self, other: object) -> bool:
         return self._key() >= other._key() if isinstance(other, kevent) else NotImplemented
 
     def __repr__(self) -> str:
@@ -159,7 +160,7 @@ class kevent:
                 f"udata={self.udata:#x}>")
 
 
-def _timeout_ns(timeout) -> Optional[int]:
+def _timeout_ns(timeout: Any) -> Optional[int]:
     """``_PyTime_FromSecondsObject(..., _PyTime_ROUND_TIMEOUT)``: seconds to
     nanoseconds, rounded away from zero so a wait is never shorter than asked.
 
@@ -191,7 +192,7 @@ def _timeout_ns(timeout) -> Optional[int]:
     return ns
 
 
-def control_arguments(changelist, maxevents, timeout,
+def control_arguments(changelist: Any, maxevents: Any, timeout: Any,
                       event_type: type = kevent) -> Tuple[List[kevent], int, Optional[int]]:
     """Check ``kqueue.control()``'s arguments as CPython does.
 

@@ -17,7 +17,7 @@ API, as CPython's BSD build:
 * ``kevent``: :class:`kqueue_api.kevent`, the same class as the stand-in's
   (CPython's members, defaults, ordering and ``repr``).
 * the ``KQ_FILTER_*``/``KQ_EV_*``/``KQ_NOTE_*`` names CPython defines, with
-  libkqueue's values (:data:`LIBKQUEUE_CONSTANTS`; ``test_standins.py``
+  libkqueue's values (:data:`LIBKQUEUE_CONSTANTS`; ``test_libkqueue.py``
   checks them against the header the library was built with).  libkqueue has
   no ``EVFILT_AIO`` and no ``NOTE_REVOKE``, so neither is defined.
 
@@ -38,7 +38,7 @@ import errno
 import operator
 import os
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import libkqueue_build
 from kqueue_api import INVALIDATED_IN_CHILD, KQUEUE_CONSTANTS, control_arguments, kevent, track
@@ -156,7 +156,7 @@ class kqueue:
     """``select.kqueue`` on libkqueue."""
 
     def __init__(self) -> None:
-        fd = _lib().kqueue()
+        fd: int = _lib().kqueue()
         if fd < 0:
             raise _oserror(ctypes.get_errno())
         os.set_inheritable(fd, False)
@@ -209,7 +209,7 @@ class kqueue:
         if self._fd < 0:
             raise ValueError("I/O operation on closed kqueue object")
 
-    def control(self, changelist, maxevents, timeout=None, /) -> List[kevent]:
+    def control(self, changelist: Any, maxevents: Any, timeout: Any = None, /) -> List[kevent]:
         """kevent(2): apply ``changelist``, then wait up to ``timeout`` seconds
         (None: no limit) for at most ``maxevents`` events."""
         self._check_open()
@@ -247,7 +247,7 @@ class kqueue:
                 for ev in events[:got]]
 
 
-def install_libkqueue(monkeypatch) -> None:
+def install_libkqueue(monkeypatch: Any) -> None:
     """Patch this module's ``kqueue``/``kevent`` and ``KQ_*`` constants into
     :mod:`select` for the rest of the test (``monkeypatch`` undoes it), as
     ``standins.install_kqueue`` does for the stand-in.

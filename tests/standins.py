@@ -13,23 +13,29 @@ Faithful (CPython's documented API, FreeBSD's kqueue(2) / Solaris' poll(7d))
 * ``kevent(ident, filter=KQ_FILTER_READ, flags=KQ_EV_ADD, fflags=0, data=0,
   udata=0)``: writable ``ident/filter/flags/fflags/data/udata``; ``ident`` an
   int or an object with ``fileno()``; ordered and compared like CPython's
-  (field by field), unhashable, same ``repr``.
+  (field by field), unhashable, same ``repr`` (``kqueue_api.kevent``, shared
+  with the libkqueue look-alike).
 * ``kqueue()``: ``control(changelist, max_events, timeout=None)``,
   ``fileno()``, ``close()``, ``closed``; the BSD constant values.  The same
-  argument errors as CPython (``ValueError`` for a negative ``max_events`` or
-  timeout, ``TypeError`` for a changelist that is not kevents, ``ValueError``
-  once closed).
+  argument errors as CPython (``kqueue_api.control_arguments``: ``ValueError``
+  for a negative ``max_events`` or timeout, ``TypeError`` for a timeout that
+  is not a number or does not fit in 64-bit nanoseconds and for a changelist
+  that is not kevents, ``ValueError`` once closed).  In a forked child, which
+  BSD gives no queue, the object is closed (CPython 3.12.1+) or keeps a number
+  that names nothing of its own (before; see ``kqueue_api.track``).
 * kqueue semantics (FreeBSD ``kqueue_register``/``kqueue_kevent``):
   ``EVFILT_READ`` and ``EVFILT_WRITE`` are separate knotes per fd; ``EV_ADD``
-  adds, or updates an existing knote (a new one is enabled unless
-  ``EV_DISABLE``); ``EV_DELETE``, ``EV_ENABLE``, ``EV_DISABLE`` on a knote
-  that does not exist fail with ``ENOENT``; a change naming a closed fd fails
-  with ``EBADF``; an unknown filter with ``EINVAL``; a change with filter 0 is
-  skipped.  A failed change becomes an ``EV_ERROR`` event (``data`` = errno)
-  when ``max_events`` leaves room, and then control() returns the errors at
-  once without waiting; with no room it raises ``OSError`` and the remaining
-  changes are not applied.  ``max_events == 0`` applies the changes and
-  returns ``[]`` at once, whatever the timeout.  Level-triggered knotes, one
+  adds, or updates an existing knote's ``udata`` (its flags stay as added; a
+  new one is enabled unless ``EV_DISABLE``); ``EV_DELETE``, ``EV_ENABLE``,
+  ``EV_DISABLE`` on a knote that does not exist fail with ``ENOENT``; a
+  change naming a closed fd fails with ``EBADF``; an unknown filter with
+  ``EINVAL``; a change with filter 0 is skipped.  A failed change, and any
+  change with ``EV_RECEIPT``, becomes an event with flags ``EV_ERROR`` and
+  ``data`` the errno (0: done) when ``max_events`` leaves room, and then
+  control() returns those at once without waiting; with no room a failure
+  raises ``OSError`` and the remaining changes are not applied.
+  ``max_events == 0`` applies the changes and returns ``[]`` at once,
+  whatever the timeout.  Level-triggered knotes, one
   event per ready (fd, filter), at most ``max_events``, fairly (a knote left
   out because the list was full comes first next time).  ``EV_ONESHOT``
   deletes the knote once delivered; ``EV_CLEAR`` is edge-triggered.
@@ -78,6 +84,8 @@ Simplified (differences a test could notice)
   ``poll()``; the number of results is not capped at ``RLIMIT_NOFILE``.
 * The ``kevent`` attributes are not range-checked when assigned (only by the
   constructor).
+* An ``EV_RECEIPT`` change with no room left in the event list ends the
+  changes, and control() returns the entries so far (FreeBSD returns 0).
 """
 
 from __future__ import annotations

@@ -44,15 +44,6 @@ network = pytest.mark.timeout(30)
 # -- helpers ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def pair():
-    """A connected AF_UNIX socketpair, closed at teardown."""
-    a, b = socket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
-
-
 def make_tcp_pair():
     """A connected TCP pair over loopback (ephemeral port): (client, server)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
