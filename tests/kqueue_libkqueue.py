@@ -29,6 +29,11 @@ there is room, or any change with ``EV_RECEIPT``, comes back as an event with
 behaviour, which CPython passes through untouched.  An interrupted call is
 retried with the time left, after running Python's signal handlers, as
 PEP 475 does for CPython's own.
+
+Where libkqueue's semantics depart from the BSD kernels (errors lost when
+no event follows them, write ``data``, fds closed unseen...), this module
+does not paper over them: ``test_kqueues.py`` asserts each as libkqueue does
+it, and README lists them.
 """
 
 from __future__ import annotations
@@ -197,9 +202,16 @@ class kqueue:
         if INVALIDATED_IN_CHILD:
             self._fd = -1
 
-    def __del__(self) -> None:  # CPython's finalizer closes the fd too
-        if getattr(self, "_fd", -1) >= 0:
-            self.close()
+    def __del__(self) -> None:
+        # CPython's finalizer closes the fd too (without waiting on libkqueue:
+        # at interpreter exit the library may be half torn down).
+        fd = getattr(self, "_fd", -1)
+        if fd >= 0:
+            self._fd = -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"

@@ -124,6 +124,9 @@ def test_events_are_read_from_filter_eof_error_and_fflags_only(backend, added, w
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+# libkqueue runs a thread of its own (signals blocked, fork handlers set), so
+# Python 3.12+ warns about forking: nothing to warn about here.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @on_every_kqueue
 def test_close_in_a_forked_child_leaves_the_fd_number_alone(backend_name):
     backend = make_backend(backend_name)

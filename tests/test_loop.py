@@ -538,6 +538,9 @@ def test_select_backend_refuses_fds_past_fd_setsize_with_a_clear_error(caplog):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+# libkqueue runs a thread of its own (signals blocked, fork handlers set), so
+# Python 3.12+ warns about forking: nothing to warn about here.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_gets_fresh_kernel_objects(loop):
     a, b = socket.socketpair()
     asyncore.dispatcher(a, map=loop.map).writable = lambda: False
