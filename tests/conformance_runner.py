@@ -1,6 +1,7 @@
 """Run one of CPython 3.11's own test files against pollchat's modules.
 
-Usage: python conformance_runner.py TEST_FILE [--standin kqueue|devpoll]
+Usage: python conformance_runner.py TEST_FILE
+                                    [--standin kqueue|devpoll|kqueue-libkqueue]
                                     [--divergence TEST_NAME=REASON ...]
 
 ``pollchat.asyncore``/``pollchat.asynchat`` are put in ``sys.modules`` under
@@ -8,7 +9,9 @@ the standard names first, so the test file's ``import asyncore`` gets ours
 (on 3.12+ there is nothing else to get).  The file is loaded by path: it is
 read from the Python 3.11 installation, never copied into this repository.
 The backend comes from ``POLLCHAT_BACKEND``; ``--standin`` first installs a
-stand-in kernel object (tests/standins.py) for a backend Linux lacks.
+stand-in kernel object for a backend Linux lacks: tests/standins.py's, or
+with ``kqueue-libkqueue`` kqueue on libkqueue (tests/kqueue_libkqueue.py,
+which finds the library as tests/libkqueue_build.py says).
 ``--divergence`` marks a CPython test as skipped, with its reason, where a
 backend documents that it cannot do what the test asserts (README: "What
 differs").  Exit status 0 when every other test passed.
@@ -24,7 +27,7 @@ import unittest
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("test_file")
-    parser.add_argument("--standin", choices=("kqueue", "devpoll"))
+    parser.add_argument("--standin", choices=("kqueue", "devpoll", "kqueue-libkqueue"))
     parser.add_argument("--divergence", action="append", default=[],
                         metavar="TEST_NAME=REASON")
     args = parser.parse_args()
@@ -33,10 +36,15 @@ def main() -> int:
         import pytest
 
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import standins
-
         patcher = pytest.MonkeyPatch()
-        getattr(standins, f"install_{args.standin}")(patcher)
+        if args.standin == "kqueue-libkqueue":
+            import kqueue_libkqueue
+
+            kqueue_libkqueue.install_libkqueue(patcher)
+        else:
+            import standins
+
+            standins.install_standin(args.standin, patcher)
 
     import pollchat.asynchat
     import pollchat.asyncore
@@ -62,6 +70,9 @@ def main() -> int:
     # make one for an empty map and ask).
     probe = get_loop({})
     print(f"conformance backend: {probe.backend.name}", file=sys.stderr)
+    kernel = type(getattr(probe.backend, "_selector", None))
+    print(f"conformance kernel object: {kernel.__module__}.{kernel.__qualname__}",
+          file=sys.stderr)
     probe.close()
     return 0 if result.wasSuccessful() and result.testsRun else 1
 

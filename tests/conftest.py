@@ -3,15 +3,22 @@
 ``backend_name`` runs a test once per backend: each one this machine has
 (:func:`pollchat.backends.available_backends`), plus ``kqueue`` and
 ``devpoll`` through the stand-ins of ``standins.py`` where they are not
-native (test ids ``kqueue-standin``, ``devpoll-standin``).  For a stand-in
-the fixture installs it into :mod:`select` for the whole test, so that
-``pollchat.backends.make_backend(backend_name)`` works anywhere inside it.
+native (test ids ``kqueue-standin``, ``devpoll-standin``), plus ``kqueue``
+on libkqueue, an independent user-space kqueue for Linux
+(``kqueue_libkqueue.py``, test id ``kqueue-libkqueue``; skipped with the
+reason when libkqueue cannot be found or built, see ``libkqueue_build.py``).
+For a stand-in the fixture installs it into :mod:`select` for the whole
+test, so that ``pollchat.backends.make_backend(backend_name)`` works anywhere
+inside it.
 """
 
 from __future__ import annotations
 
 import gc
+import socket
 
+import kqueue_libkqueue
+import libkqueue_build
 import psutil
 import pytest
 import standins
@@ -26,18 +33,48 @@ STANDIN_BACKENDS = tuple(
                               ("devpoll", standins.DEVPOLL_STANDIN_USABLE))
     if usable and name not in NATIVE_BACKENDS)
 
-BACKEND_PARAMS = [pytest.param(name, id=name) for name in NATIVE_BACKENDS] + [
-    pytest.param(name, id=f"{name}-standin") for name in STANDIN_BACKENDS]
+#: kqueue on libkqueue, where kqueue is not native (libkqueue is built for Linux).
+LIBKQUEUE_BACKENDS = ("kqueue",) if "kqueue" not in NATIVE_BACKENDS else ()
+
+# Each param is (backend name, how it runs here); the test id says both.
+BACKEND_PARAMS = [pytest.param((name, "native"), id=name) for name in NATIVE_BACKENDS] + [
+    pytest.param((name, "standin"), id=f"{name}-standin") for name in STANDIN_BACKENDS] + [
+    pytest.param((name, "libkqueue"), id=f"{name}-libkqueue") for name in LIBKQUEUE_BACKENDS]
+
+
+@pytest.fixture(scope="session")
+def libkqueue():
+    """Where libkqueue is (:class:`libkqueue_build.Located`), built on first use.
+
+    Session-scoped, so that it is set up before any function-scoped fixture
+    of a test: loading libkqueue opens two fds for the life of the process,
+    which ``fd_leak_check`` must not count against that test.
+    """
+    located = libkqueue_build.locate()
+    if located.path is not None:
+        kqueue_libkqueue.load()
+    return located
 
 
 @pytest.fixture(params=BACKEND_PARAMS)
-def backend_name(request, monkeypatch) -> str:
+def backend_variant(request, monkeypatch, libkqueue):
+    """``(name, how)``: a backend, and whether it runs ``"native"``, on a
+    ``"standin"`` or on ``"libkqueue"`` (installed into :mod:`select` for the
+    whole test)."""
+    name, how = request.param
+    if how == "standin":
+        standins.install_standin(name, monkeypatch)
+    elif how == "libkqueue":
+        kqueue_libkqueue.require(libkqueue)
+        kqueue_libkqueue.install_libkqueue(monkeypatch)
+    return name, how
+
+
+@pytest.fixture
+def backend_name(backend_variant) -> str:
     """A backend name usable with ``pollchat.backends.make_backend()`` for the
     whole test (its stand-in installed if it is not native)."""
-    name = request.param
-    if name in STANDIN_BACKENDS:
-        standins.install_standin(name, monkeypatch)
-    return name
+    return backend_variant[0]
 
 
 @pytest.fixture
@@ -62,6 +99,15 @@ def backend(make_backend):
 
 
 @pytest.fixture
+def pair():
+    """A connected AF_UNIX socketpair, closed at teardown."""
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture
 def fd_leak_check():
     """Fail the test if it leaves more (or fewer) fds open than it found."""
     gc.collect()
@@ -74,10 +120,10 @@ def fd_leak_check():
 
 
 @pytest.fixture
-def standin(backend_name):
-    """True when ``backend_name`` runs on a stand-in here, not natively (for
-    tests that start subprocesses, where the stand-in is not installed)."""
-    return backend_name in STANDIN_BACKENDS
+def standin(backend_variant):
+    """True when ``backend_name`` runs on a stand-in or libkqueue here, not
+    natively (for tests that start subprocesses, where neither is installed)."""
+    return backend_variant[1] != "native"
 
 
 @pytest.fixture

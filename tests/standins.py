@@ -13,23 +13,29 @@ Faithful (CPython's documented API, FreeBSD's kqueue(2) / Solaris' poll(7d))
 * ``kevent(ident, filter=KQ_FILTER_READ, flags=KQ_EV_ADD, fflags=0, data=0,
   udata=0)``: writable ``ident/filter/flags/fflags/data/udata``; ``ident`` an
   int or an object with ``fileno()``; ordered and compared like CPython's
-  (field by field), unhashable, same ``repr``.
+  (field by field), unhashable, same ``repr`` (``kqueue_api.kevent``, shared
+  with the libkqueue look-alike).
 * ``kqueue()``: ``control(changelist, max_events, timeout=None)``,
   ``fileno()``, ``close()``, ``closed``; the BSD constant values.  The same
-  argument errors as CPython (``ValueError`` for a negative ``max_events`` or
-  timeout, ``TypeError`` for a changelist that is not kevents, ``ValueError``
-  once closed).
+  argument errors as CPython (``kqueue_api.control_arguments``: ``ValueError``
+  for a negative ``max_events`` or timeout, ``TypeError`` for a timeout that
+  is not a number or does not fit in 64-bit nanoseconds and for a changelist
+  that is not kevents, ``ValueError`` once closed).  In a forked child, which
+  BSD gives no queue, the object is closed (CPython 3.12.1+) or keeps a number
+  that names nothing of its own (before; see ``kqueue_api.track``).
 * kqueue semantics (FreeBSD ``kqueue_register``/``kqueue_kevent``):
   ``EVFILT_READ`` and ``EVFILT_WRITE`` are separate knotes per fd; ``EV_ADD``
-  adds, or updates an existing knote (a new one is enabled unless
-  ``EV_DISABLE``); ``EV_DELETE``, ``EV_ENABLE``, ``EV_DISABLE`` on a knote
-  that does not exist fail with ``ENOENT``; a change naming a closed fd fails
-  with ``EBADF``; an unknown filter with ``EINVAL``; a change with filter 0 is
-  skipped.  A failed change becomes an ``EV_ERROR`` event (``data`` = errno)
-  when ``max_events`` leaves room, and then control() returns the errors at
-  once without waiting; with no room it raises ``OSError`` and the remaining
-  changes are not applied.  ``max_events == 0`` applies the changes and
-  returns ``[]`` at once, whatever the timeout.  Level-triggered knotes, one
+  adds, or updates an existing knote's ``udata`` (its flags stay as added; a
+  new one is enabled unless ``EV_DISABLE``); ``EV_DELETE``, ``EV_ENABLE``,
+  ``EV_DISABLE`` on a knote that does not exist fail with ``ENOENT``; a
+  change naming a closed fd fails with ``EBADF``; an unknown filter with
+  ``EINVAL``; a change with filter 0 is skipped.  A failed change, and any
+  change with ``EV_RECEIPT``, becomes an event with flags ``EV_ERROR`` and
+  ``data`` the errno (0: done) when ``max_events`` leaves room, and then
+  control() returns those at once without waiting; with no room a failure
+  raises ``OSError`` and the remaining changes are not applied.
+  ``max_events == 0`` applies the changes and returns ``[]`` at once,
+  whatever the timeout.  Level-triggered knotes, one
   event per ready (fd, filter), at most ``max_events``, fairly (a knote left
   out because the list was full comes first next time).  ``EV_ONESHOT``
   deletes the knote once delivered; ``EV_CLEAR`` is edge-triggered.
@@ -78,6 +84,8 @@ Simplified (differences a test could notice)
   ``poll()``; the number of results is not capped at ``RLIMIT_NOFILE``.
 * The ``kevent`` attributes are not range-checked when assigned (only by the
   constructor).
+* An ``EV_RECEIPT`` change with no room left in the event list ends the
+  changes, and control() returns the entries so far (FreeBSD returns 0).
 """
 
 from __future__ import annotations
@@ -95,6 +103,32 @@ import termios
 import time
 from typing import Dict, List, Optional, Set, Tuple
 
+from kqueue_api import (
+    EV_RECEIPT,
+    INVALIDATED_IN_CHILD,
+    KQ_EV_ADD,
+    KQ_EV_CLEAR,
+    KQ_EV_DELETE,
+    KQ_EV_DISABLE,
+    KQ_EV_ENABLE,
+    KQ_EV_EOF,
+    KQ_EV_ERROR,
+    KQ_EV_ONESHOT,
+    KQ_EV_SYSFLAGS,
+    KQ_FILTER_AIO,
+    KQ_FILTER_PROC,
+    KQ_FILTER_READ,
+    KQ_FILTER_SIGNAL,
+    KQ_FILTER_TIMER,
+    KQ_FILTER_VNODE,
+    KQ_FILTER_WRITE,
+    KQUEUE_CONSTANTS,
+    as_fd,
+    control_arguments,
+    kevent,
+    track,
+)
+
 __all__ = [
     "KQUEUE_CONSTANTS", "KQUEUE_STANDIN_USABLE", "DEVPOLL_STANDIN_USABLE", "devpoll",
     "install_devpoll", "install_kqueue", "install_standin", "kevent", "kqueue",
@@ -110,48 +144,8 @@ KQUEUE_STANDIN_USABLE = _epoll is not None
 #: Whether the devpoll stand-in can run here (it needs poll(2)).
 DEVPOLL_STANDIN_USABLE = _poll is not None
 
-# -- BSD constant values (FreeBSD <sys/event.h>) -------------------------------
-
-KQ_FILTER_READ = -1
-KQ_FILTER_WRITE = -2
-KQ_FILTER_AIO = -3
-KQ_FILTER_VNODE = -4
-KQ_FILTER_PROC = -5
-KQ_FILTER_SIGNAL = -6
-KQ_FILTER_TIMER = -7
-
-KQ_EV_ADD = 0x0001
-KQ_EV_DELETE = 0x0002
-KQ_EV_ENABLE = 0x0004
-KQ_EV_DISABLE = 0x0008
-KQ_EV_ONESHOT = 0x0010
-KQ_EV_CLEAR = 0x0020
-KQ_EV_SYSFLAGS = 0xF000
-KQ_EV_FLAG1 = 0x2000
-KQ_EV_ERROR = 0x4000
-KQ_EV_EOF = 0x8000
-
-KQ_NOTE_LOWAT = 0x0001
-KQ_NOTE_DELETE = 0x0001
-KQ_NOTE_WRITE = 0x0002
-KQ_NOTE_EXTEND = 0x0004
-KQ_NOTE_ATTRIB = 0x0008
-KQ_NOTE_LINK = 0x0010
-KQ_NOTE_RENAME = 0x0020
-KQ_NOTE_REVOKE = 0x0040
-KQ_NOTE_EXIT = 0x80000000
-KQ_NOTE_FORK = 0x40000000
-KQ_NOTE_EXEC = 0x20000000
-KQ_NOTE_PCTRLMASK = 0xF0000000
-KQ_NOTE_PDATAMASK = 0x000FFFFF
-KQ_NOTE_TRACK = 0x00000001
-KQ_NOTE_TRACKERR = 0x00000002
-KQ_NOTE_CHILD = 0x00000004
-
-#: Every ``KQ_*`` name CPython's select module defines on FreeBSD, with its value.
-KQUEUE_CONSTANTS: Dict[str, int] = {
-    name: value for name, value in globals().items() if name.startswith("KQ_")
-}
+# Every KQ_* name as an attribute of this module too, as of ``select``.
+globals().update(KQUEUE_CONSTANTS)
 
 _FD_FILTERS = (KQ_FILTER_READ, KQ_FILTER_WRITE)
 _OTHER_FILTERS = (KQ_FILTER_AIO, KQ_FILTER_VNODE, KQ_FILTER_PROC, KQ_FILTER_SIGNAL,
@@ -159,40 +153,12 @@ _OTHER_FILTERS = (KQ_FILTER_AIO, KQ_FILTER_VNODE, KQ_FILTER_PROC, KQ_FILTER_SIGN
 # Action flags: acted upon, never stored in the knote nor returned.
 _ACTIONS = KQ_EV_ADD | KQ_EV_DELETE | KQ_EV_ENABLE | KQ_EV_DISABLE
 _INT_MAX = 2**31 - 1
-_MAX_TIMEOUT = (2**63 - 1) / 1e9  # seconds: what CPython's kqueue.control() accepts
 _MAX_EPOLL_WAIT = 2e6  # seconds: below epoll's limit of INT_MAX milliseconds
 
 
 def _oserror(code: int) -> OSError:
     # OSError(errno, msg) picks the subclass: ENOENT -> FileNotFoundError...
     return OSError(code, os.strerror(code))
-
-
-def _check_int(value, name: str, lo: int, hi: int) -> int:
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"kevent(): {name} must be an integer, not "
-                        f"{type(value).__name__}") from None
-    if not lo <= value <= hi:
-        raise OverflowError(f"kevent(): {name} {value} is out of range [{lo}, {hi}]")
-    return value
-
-
-def _as_fd(obj) -> int:
-    """CPython's ``PyObject_AsFileDescriptor``: an int, or ``fileno()``."""
-    if isinstance(obj, int):
-        fd = int(obj)
-    else:
-        meth = getattr(obj, "fileno", None)
-        if meth is None:
-            raise TypeError("argument must be an int, or have a fileno() method.")
-        fd = meth()
-        if not isinstance(fd, int):
-            raise TypeError("fileno() returned a non-integer")
-    if fd < 0:
-        raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
-    return fd
 
 
 def _identity(fd: int) -> Tuple[int, int]:
@@ -224,56 +190,6 @@ def _sock_opt(fd: int, option: int) -> Optional[int]:
             return sock.getsockopt(socket.SOL_SOCKET, option)
         except OSError:  # not a socket
             return None
-
-
-# -- kevent ---------------------------------------------------------------------
-
-
-class kevent:
-    """``select.kevent``: the Python side of a ``struct kevent``."""
-
-    __slots__ = ("ident", "filter", "flags", "fflags", "data", "udata")
-    __hash__ = None  # type: ignore[assignment]  # CPython's kevent is unhashable
-
-    def __init__(self, ident, filter=KQ_FILTER_READ, flags=KQ_EV_ADD,  # noqa: PLR0917
-                 fflags=0, data=0, udata=0):
-        self.filter = _check_int(filter, "filter", -(2**15), 2**15 - 1)
-        self.flags = _check_int(flags, "flags", 0, 2**16 - 1)
-        self.fflags = _check_int(fflags, "fflags", 0, 2**32 - 1)
-        self.data = _check_int(data, "data", -(2**63), 2**63 - 1)
-        self.udata = _check_int(udata, "udata", 0, 2**64 - 1)
-        if isinstance(ident, int):
-            if ident < 0:
-                raise OverflowError("can't convert negative value to size_t")
-            self.ident = int(ident)
-        else:
-            self.ident = _as_fd(ident)
-
-    def _key(self):
-        return (self.ident, self.filter, self.flags, self.fflags, self.data, self.udata)
-
-    def __eq__(self, other):
-        return self._key() == other._key() if isinstance(other, kevent) else NotImplemented
-
-    def __ne__(self, other):
-        return self._key() != other._key() if isinstance(other, kevent) else NotImplemented
-
-    def __lt__(self, other):
-        return self._key() < other._key() if isinstance(other, kevent) else NotImplemented
-
-    def __le__(self, other):
-        return self._key() <= other._key() if isinstance(other, kevent) else NotImplemented
-
-    def __gt__(self, other):
-        return self._key() > other._key() if isinstance(other, kevent) else NotImplemented
-
-    def __ge__(self, other):
-        return self._key() >= other._key() if isinstance(other, kevent) else NotImplemented
-
-    def __repr__(self) -> str:
-        return (f"<select.kevent ident={self.ident} filter={self.filter} "
-                f"flags=0x{self.flags:x} fflags=0x{self.fflags:x} data=0x{self.data:x} "
-                f"udata={self.udata:#x}>")
 
 
 # -- kqueue ---------------------------------------------------------------------
@@ -315,6 +231,10 @@ class kqueue:
         self._files: Set[int] = set()  # fds in _fds with is_file
         self._pending: List[kevent] = []  # edge-triggered events left out of a full list
         self._starved: Set[Tuple[int, int]] = set()  # (fd, filter) left out: first next time
+        # In a forked child before CPython 3.12.1: the fd number the object
+        # still holds, though the kernel gave the child no queue (-1: none).
+        self._stale_fd = -1
+        track(self)
 
     # -- the object's API ---------------------------------------------------
 
@@ -324,68 +244,71 @@ class kqueue:
 
     @property
     def closed(self) -> bool:
-        return self._epoll.closed
+        return self._epoll.closed and self._stale_fd < 0
 
     def fileno(self) -> int:
         self._check_open()
-        return self._epoll.fileno()
+        return self._stale_fd if self._stale_fd >= 0 else self._epoll.fileno()
 
     def close(self) -> None:
+        if self._stale_fd >= 0:
+            # As CPython's close() before 3.12.1: close(2) the number, which
+            # may name a file the child opened since; errors are ignored.
+            fd, self._stale_fd = self._stale_fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         self._epoll.close()
         self._fds.clear()
         self._files.clear()
         self._pending.clear()
         self._starved.clear()
 
+    def _lost_in_fork(self) -> None:
+        """In a forked child.  BSD gives the child no queue; epoll would share
+        the parent's, so the child's copy of its fd is closed here, as the
+        kernel would have.  See ``kqueue_api.track``."""
+        number = -1 if self._epoll.closed else self._epoll.fileno()
+        self.close()
+        if not INVALIDATED_IN_CHILD:
+            self._stale_fd = number
+
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"fd={self._epoll.fileno()}"
+        state = "closed" if self.closed else f"fd={self.fileno()}"
         return f"<kqueue stand-in {state} fds={len(self._fds)}>"
 
     def control(self, changelist, maxevents, timeout=None, /) -> List[kevent]:
         """Apply ``changelist``, then wait up to ``timeout`` seconds for at most
         ``maxevents`` events."""
         self._check_open()
-        maxevents = operator.index(maxevents)
-        if maxevents < 0:
-            raise ValueError(f"Length of eventlist must be 0 or positive, got {maxevents}")
-        if timeout is not None:
-            if isinstance(timeout, float):
-                if math.isnan(timeout):
-                    raise ValueError("Invalid value NaN (not a number)")
-            else:
-                try:
-                    timeout = operator.index(timeout)
-                except TypeError:
-                    raise TypeError("timeout argument must be a number or None, got "
-                                    f"{type(timeout).__name__}") from None
-            if timeout > _MAX_TIMEOUT:  # CPython's _PyTime_t: int64 nanoseconds
-                raise OverflowError("timestamp too large to convert to C _PyTime_t")
-            if timeout < 0:
-                raise ValueError("timeout must be positive or None")
-        changes: List[kevent] = []
-        if changelist is not None:
-            try:
-                seq = list(changelist)
-            except TypeError:
-                raise TypeError("changelist is not iterable") from None
-            for change in seq:
-                if not isinstance(change, kevent):
-                    raise TypeError("changelist must be an iterable of select.kevent objects")
-            changes = seq
+        changes, maxevents, timeout_ns = control_arguments(changelist, maxevents, timeout)
+        timeout = None if timeout_ns is None else timeout_ns / 1e9
+        if self._stale_fd >= 0:  # kevent(2) on a number that names no kqueue
+            raise _oserror(errno.EBADF)
 
-        errors: List[kevent] = []
+        # FreeBSD's kqueue_kevent: a change that fails, or any change with
+        # EV_RECEIPT, is reported in the event list as flags EV_ERROR (only)
+        # and data the errno (0: done); with no room left, a failure makes
+        # kevent() fail and the changes after it are not applied.
+        receipts: List[kevent] = []
         for change in changes:
             if change.filter == 0:
                 continue
             try:
                 self._apply(change)
+                code = 0
             except OSError as exc:
-                if len(errors) == maxevents:  # no room to report it: kevent() fails
+                if len(receipts) == maxevents:  # no room to report it: kevent() fails
                     raise
-                errors.append(kevent(change.ident, change.filter, KQ_EV_ERROR,
-                                     change.fflags, exc.errno, change.udata))
-        if errors:  # FreeBSD returns the errors without waiting
-            return errors
+                code = exc.errno
+            if code or change.flags & EV_RECEIPT:
+                if len(receipts) == maxevents:  # a receipt with no room: stop
+                    break
+                receipts.append(kevent(change.ident, change.filter, KQ_EV_ERROR,
+                                       change.fflags, code, change.udata))
+        if receipts:  # returned at once, without looking for events
+            return receipts
         if maxevents == 0:
             return []
         return self._scan(maxevents, timeout)
@@ -393,7 +316,7 @@ class kqueue:
     # -- changes --------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._epoll.closed:
+        if self.closed:
             raise ValueError("I/O operation on closed kqueue object")
 
     def _apply(self, change: kevent) -> None:
@@ -439,10 +362,11 @@ class kqueue:
             self._drop_knote(fd, kfilter)
             return
 
-        saved = (knote.flags, knote.udata, knote.enabled)
+        # FreeBSD's kqueue_register: an update changes udata (and the filter's
+        # fflags/data, unused here) and enables or disables; the knote's flags
+        # (EV_ONESHOT, EV_CLEAR...) stay as they were added.
+        saved = (knote.udata, knote.enabled)
         knote.udata = change.udata
-        if flags & KQ_EV_ADD:
-            knote.flags = flags & ~_ACTIONS
         if flags & KQ_EV_ENABLE:
             knote.enabled = True
         elif flags & KQ_EV_DISABLE:
@@ -450,7 +374,7 @@ class kqueue:
         try:
             self._sync(fd, watched)
         except BaseException:
-            knote.flags, knote.udata, knote.enabled = saved
+            knote.udata, knote.enabled = saved
             raise
 
     def _sync(self, fd: int, watched: _Watched) -> None:
@@ -685,7 +609,7 @@ class _DevpollObject:
 
     def register(self, fd, eventmask=select.POLLIN | select.POLLPRI | select.POLLOUT, /):
         """Add ``eventmask`` to what ``fd`` is watched for (ORed, as /dev/poll does)."""
-        fd = _as_fd(fd)
+        fd = as_fd(fd)
         eventmask = self._eventmask(eventmask)
         self._check_open()
         mask = self._masks.get(fd, 0) | eventmask
@@ -694,7 +618,7 @@ class _DevpollObject:
 
     def modify(self, fd, eventmask=select.POLLIN | select.POLLPRI | select.POLLOUT, /):
         """Replace what ``fd`` is watched for (registering it if need be)."""
-        fd = _as_fd(fd)
+        fd = as_fd(fd)
         eventmask = self._eventmask(eventmask)
         self._check_open()
         self._poll.register(fd, eventmask)
@@ -702,7 +626,7 @@ class _DevpollObject:
 
     def unregister(self, fd, /):
         """Stop watching ``fd``; an fd that is not registered is ignored."""
-        fd = _as_fd(fd)
+        fd = as_fd(fd)
         self._check_open()
         if self._masks.pop(fd, None) is not None:
             self._poll.unregister(fd)

@@ -34,22 +34,28 @@ TEST_DIR = _cpython311_test_dir()
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("suite", ["test_asyncore.py", "test_asynchat.py"])
-def test_cpython_suite_passes(suite, backend_name, standin):
+def test_cpython_suite_passes(suite, backend_variant, libkqueue):
     if sys.version_info < (3, 11):
         pytest.skip("CPython 3.11's test files need the test.support of Python 3.11+ "
                     "(warnings_helper.import_deprecated); they run under 3.11, 3.12, 3.13")
     if TEST_DIR is None or not os.path.exists(os.path.join(TEST_DIR, suite)):
         pytest.skip(f"CPython 3.11's {suite} is not installed (looked in the running "
                     "Python and under $PYENV_ROOT/versions/3.11*)")
+    backend_name, how = backend_variant
     env = dict(os.environ, POLLCHAT_BACKEND=backend_name, PYTHONWARNINGS="ignore")
     cmd = [sys.executable, RUNNER, os.path.join(TEST_DIR, suite)]
-    if standin:
+    if how == "standin":
         cmd += ["--standin", backend_name]
+    elif how == "libkqueue":
+        cmd += ["--standin", f"{backend_name}-libkqueue"]
+        env["POLLCHAT_LIBKQUEUE"] = libkqueue.path  # the one found here: no second search
     for divergence in DIVERGENCES.get(backend_name, []):
         cmd += ["--divergence", divergence]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280, check=False)
     tail = proc.stderr[-4000:]
     assert proc.returncode == 0, f"{suite} failed on {backend_name}:\n{tail}"
     assert f"conformance backend: {backend_name}" in proc.stderr
+    if how == "libkqueue":  # and on libkqueue, not on the stand-in
+        assert "conformance kernel object: kqueue_libkqueue.kqueue" in proc.stderr
     ran = re.search(r"Ran (\d+) tests?", proc.stderr)
     assert ran and int(ran.group(1)) >= 10, tail

@@ -32,7 +32,7 @@ import math
 import os
 import select
 import stat
-from typing import Any, Dict, Optional, Set
+from typing import Any, ClassVar, Dict, List, Optional, Set
 
 from ._base import (
     ERR,
@@ -294,7 +294,17 @@ class KqueueBackend(Backend):
     the module docstring for how they map.  The kernel names are looked up
     when the backend is created, so tests on Linux can stand in a faithful
     ``select.kqueue``.
+
+    It relies on nothing that differs between kqueues (FreeBSD, macOS,
+    libkqueue): changes go in calls with no room for events, so a failed
+    change is always an ``OSError``; a poll has room for every registered
+    filter; of an event it reads the filter, ``EV_EOF``, ``EV_ERROR`` and
+    ``fflags``, never the other flags nor ``data``.
     """
+
+    #: kqueue objects left by forked children, kept from being collected
+    #: (see :meth:`close`).
+    _orphans: ClassVar[List[object]] = []
 
     name = "kqueue"
     reports = READ | WRITE | HUP | ERR
@@ -313,6 +323,7 @@ class KqueueBackend(Backend):
         self._eof = _kernels.KQ_EV_EOF
         self._error = _kernels.KQ_EV_ERROR
         self._filters = 0  # how many filters are registered: the most events one poll can return
+        self._pid = os.getpid()  # the process the kqueue belongs to
 
     def fileno(self) -> int:
         return self._selector.fileno()
@@ -377,5 +388,15 @@ class KqueueBackend(Backend):
         return list(ready.items())
 
     def close(self) -> None:
-        self._selector.close()
+        if os.getpid() == self._pid:
+            self._selector.close()
+        elif not self._selector.closed:
+            # A forked child: kqueue(2) "is not inherited by a child created
+            # with fork(2)", so the object's fd number names nothing of ours,
+            # or by now a file the child opened, which close() would close.
+            # CPython 3.12.1+ marks the object closed in the child
+            # (gh-110395); older ones close the number when the object is
+            # collected, so it is kept alive instead (libuv does not close it
+            # either, for the same reason).
+            KqueueBackend._orphans.append(self._selector)
         super().close()
