@@ -13,12 +13,12 @@ import smtplib
 import socket
 import subprocess
 import sys
-import threading
 import time
 import types
 import warnings
 
 import pytest
+from helpers import Proc, default_sigint
 
 import pollchat
 from pollchat import _install
@@ -97,69 +97,12 @@ def python(request, pollchat_tree):
     return exe, env
 
 
-def _default_sigint():
-    # A shell's background job starts with SIGINT ignored, and python keeps
-    # it so: give the program its normal Ctrl-C.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _lower_nofile(soft):
     def preexec():
-        _default_sigint()
+        default_sigint()
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     return preexec
-
-
-class Proc:
-    """A subprocess whose output is read by threads, with bounded waits."""
-
-    def __init__(self, args, env, cwd=None, preexec_fn=_default_sigint):
-        self.popen = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE,
-                                      preexec_fn=preexec_fn)  # noqa: PLW1509
-        self.out, self.err = [], []
-        self._readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
-                         for stream, lines in ((self.popen.stdout, self.out),
-                                               (self.popen.stderr, self.err))]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _read(stream, lines):
-        for raw in stream:
-            lines.append(raw.decode("utf-8", "replace"))
-
-    def wait_for(self, pattern, stream="out", timeout=WAIT):
-        lines = self.out if stream == "out" else self.err
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(lines):
-                match = re.search(pattern, line)
-                if match:
-                    return match
-            if self.popen.poll() is not None and all(not r.is_alive() for r in self._readers):
-                break
-            time.sleep(0.02)
-        pytest.fail(f"no {pattern!r} on std{stream}; stdout={''.join(self.out)!r} "
-                    f"stderr={''.join(self.err)!r}")
-
-    def finish(self, timeout=WAIT):
-        """Wait for the exit; (status, stdout, stderr)."""
-        try:
-            status = self.popen.wait(timeout)
-        finally:
-            self.kill()
-        return status, "".join(self.out), "".join(self.err)
-
-    def kill(self):
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(WAIT)
-        for reader in self._readers:
-            reader.join(WAIT)
-        self.popen.stdout.close()
-        self.popen.stderr.close()
 
 
 def capture(args, **options):
@@ -168,7 +111,7 @@ def capture(args, **options):
                           **options)
 
 
-def run_pollchat(python, *args, cwd=None, preexec_fn=_default_sigint, timeout=WAIT):
+def run_pollchat(python, *args, cwd=None, preexec_fn=default_sigint, timeout=WAIT):
     exe, env = python
     proc = Proc([exe, "-m", "pollchat", *args], env, cwd=cwd, preexec_fn=preexec_fn)
     return proc.finish(timeout)
