@@ -134,6 +134,18 @@ def default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def nofile_limit_in_child(soft):
+    """A ``preexec_fn`` that gives the child Ctrl-C (:func:`default_sigint`)
+    and a soft open-file limit of ``soft``."""
+    import resource
+
+    def preexec():
+        default_sigint()
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return preexec
+
+
 class Proc:
     """A subprocess whose stdout and stderr are read by threads, so that a
     test can wait (bounded) for a line while the process runs on."""

@@ -4,54 +4,33 @@ subprocess: signals, logging, and the warnings it gives at start."""
 import os
 import re
 import signal
-import subprocess
 import sys
-import threading
-import time
 
 import pytest
-from helpers import WAIT, ChatClient
+from helpers import ChatClient, Proc, default_sigint, nofile_limit_in_child
+
+from pollchat import backends
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _default_sigint():
-    # A shell's background job starts with SIGINT ignored, and python keeps
-    # it so: give the server its normal Ctrl-C.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _start_chat_command(*args):
+def start_chat_command(*args, preexec_fn=default_sigint):
+    """``python -m pollchat chat --port 0 ARGS`` in a subprocess, once it
+    said where it listens: ``(Proc, port)``."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "pollchat", "chat", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            preexec_fn=_default_sigint)  # noqa: PLW1509
-    lines = []
-    deadline = time.monotonic() + 20
-
-    def read_port():
-        for raw in proc.stderr:
-            line = raw.decode()
-            lines.append(line)
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if match:
-                return int(match.group(1))
-        return None
-
-    result = []
-    reader = threading.Thread(target=lambda: result.append(read_port()), daemon=True)
-    reader.start()
-    reader.join(max(0.0, deadline - time.monotonic()))
-    if not result or result[0] is None:
+    proc = Proc([sys.executable, "-m", "pollchat", "chat", "--port", "0", *args], env,
+                preexec_fn=preexec_fn)
+    try:
+        port = int(proc.wait_for(r"listening on 127\.0\.0\.1:(\d+)", stream="err").group(1))
+    except BaseException:
         proc.kill()
-        proc.wait(WAIT)
-        pytest.fail(f"pollchat chat did not say where it listens: {''.join(lines)!r}")
-    return proc, result[0], lines
+        raise
+    return proc, port
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_chat_command_end_to_end(stop):
-    proc, port, lines = _start_chat_command("--max-line", "32", "--verbose")
+    proc, port = start_chat_command("--max-line", "32", "--verbose")
     try:
         a = ChatClient(port)
         b = ChatClient(port)
@@ -66,43 +45,63 @@ def test_chat_command_end_to_end(stop):
         c = ChatClient(port)
         c.reset()
         assert b.expect("* guest3 left (connection closed)") == ["* guest3 joined"]
-        proc.send_signal(stop)
+        proc.popen.send_signal(stop)
         assert a.eof()[-1] == "* server shutting down"
         assert b.eof()[-1] == "* server shutting down"
-        assert proc.wait(WAIT) == 0
-        rest = proc.stderr.read().decode()
-        log = "".join(lines) + rest
+        status, out, log = proc.finish()
+        assert status == 0
         assert "guest1 connected from 127.0.0.1:" in log
         assert "guest3 disconnected from 127.0.0.1:" in log
         assert "alice: hello bob" in log  # --verbose logs the lines
         assert "shutting down (2 online)" in log
         assert "Traceback" not in log
-        assert proc.stdout.read() == b""
+        assert out == ""
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(WAIT)
-        proc.stdout.close()
-        proc.stderr.close()
+        proc.kill()
 
 
 def test_chat_command_logs_connect_and_disconnect_only_by_default():
-    proc, port, lines = _start_chat_command()
+    proc, port = start_chat_command()
     try:
         a = ChatClient(port)
         a.send("a secret")
         a.send("/quit")
         a.eof()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(WAIT) == 0
-        log = "".join(lines) + proc.stderr.read().decode()
+        proc.popen.send_signal(signal.SIGINT)
+        status, _, log = proc.finish()
+        assert status == 0
         events = [line for line in log.splitlines() if "guest1" in line]
         assert len(events) == 2, log
         assert "connected" in events[0] and "disconnected" in events[1]
         assert "secret" not in log
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(WAIT)
-        proc.stdout.close()
-        proc.stderr.close()
+        proc.kill()
+
+
+@pytest.mark.parametrize("backend, soft, warned", [
+    ("select", 4096, True),
+    ("select", 1024, False),  # select can watch every fd this process may open
+    ("poll", 4096, False),
+])
+def test_chat_command_warns_when_the_backend_caps_the_clients(backend, soft, warned):
+    resource = pytest.importorskip("resource")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < soft:
+        pytest.skip(f"the hard open-file limit ({hard}) is below {soft}")
+    proc, _ = start_chat_command("--backend", backend, "--no-raise-fd-limit",
+                                 preexec_fn=nofile_limit_in_child(soft))
+    try:
+        proc.popen.send_signal(signal.SIGINT)
+        status, _, log = proc.finish()
+    finally:
+        proc.kill()
+    assert status == 0, log
+    warnings = [line for line in log.splitlines() if "capped" in line]
+    if not warned:
+        assert warnings == [], log
+        return
+    uncapped = " or ".join(name for name in backends.available_backends() if name != "select")
+    assert len(warnings) == 1, log
+    assert re.search(r"the select backend cannot watch fds >= 1024, so this server is capped "
+                     r"at about 1,0\d\d clients although the open-file limit is 4096; "
+                     rf"--backend {uncapped} has no such cap$", warnings[0]), warnings[0]

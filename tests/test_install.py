@@ -18,7 +18,7 @@ import types
 import warnings
 
 import pytest
-from helpers import Proc, default_sigint
+from helpers import Proc, default_sigint, nofile_limit_in_child
 
 import pollchat
 from pollchat import _install
@@ -95,14 +95,6 @@ def python(request, pollchat_tree):
                     f"for python{version} on PATH)")
     env.update(PYTHONPATH=pollchat_tree, PYTHONDONTWRITEBYTECODE="1")
     return exe, env
-
-
-def _lower_nofile(soft):
-    def preexec():
-        default_sigint()
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    return preexec
 
 
 def capture(args, **options):
@@ -262,7 +254,7 @@ def test_raise_fd_limit_raises_soft_to_hard_in_a_subprocess():
     code = ("import resource, pollchat\n"
             "print(pollchat.raise_fd_limit(), pollchat.raise_fd_limit(),\n"
             "      resource.getrlimit(resource.RLIMIT_NOFILE))\n")
-    proc = capture([sys.executable, "-c", code], preexec_fn=_lower_nofile(256))
+    proc = capture([sys.executable, "-c", code], preexec_fn=nofile_limit_in_child(256))
     first, second, now = re.findall(r"\(([^)]*)\)", proc.stdout)
     soft_now, hard_now = (int(x) for x in now.split(", "))
     assert first == f"256, {soft_now}"
@@ -396,7 +388,7 @@ def test_run_raises_the_open_file_limit_first_and_says_so(python):
     if hard != resource.RLIM_INFINITY and hard <= 600:
         pytest.skip(f"the hard open-file limit is only {hard}")
     status, out, err = run_pollchat(python, "run", ECHO, "--info-only",
-                                    preexec_fn=_lower_nofile(512))
+                                    preexec_fn=nofile_limit_in_child(512))
     assert status == 0, err
     [line] = pollchat_lines(err)
     raised = info_of(out)["nofile"]
@@ -405,7 +397,7 @@ def test_run_raises_the_open_file_limit_first_and_says_so(python):
     assert "backend (auto, unless the program picks one)" in line
 
     status, out, err = run_pollchat(python, "run", "--no-raise-fd-limit", ECHO, "--info-only",
-                                    preexec_fn=_lower_nofile(512))
+                                    preexec_fn=nofile_limit_in_child(512))
     assert status == 0, err
     assert info_of(out)["nofile"] == 512
     [line] = pollchat_lines(err)
