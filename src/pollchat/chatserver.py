@@ -45,7 +45,7 @@ import logging
 import re
 import socket
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from . import asynchat, asyncore
 from .loop import Loop
@@ -55,6 +55,10 @@ __all__ = ["ChatServer", "ChatSession", "DEFAULT_HOST", "DEFAULT_MAX_LINE", "DEF
 
 logger = logging.getLogger("pollchat.chat")
 
+#: The built-in backend names; a third-party backend's registered name is
+#: accepted too (see :func:`pollchat.backends.register_backend`).
+BackendName = Literal["auto", "epoll", "kqueue", "devpoll", "poll", "select"]
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7000
 DEFAULT_MAX_LINE = 512  # bytes per line, not counting the line ending
@@ -63,7 +67,7 @@ NICK_MAX = 20
 
 _NICK_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
 # C0 controls and DEL go (a tab becomes a space): no terminal escapes, no bells.
-_CONTROLS = {code: None for code in (*range(32), 127)}
+_CONTROLS: Dict[int, Optional[str]] = {code: None for code in (*range(32), 127)}
 _CONTROLS[ord("\t")] = " "
 # Telnet commands (IAC = 0xFF, then a command, and an option for WILL/WONT/DO/
 # DONT): telnet sends some, on Ctrl-C say.  0xFF never occurs in UTF-8.
@@ -224,7 +228,7 @@ class ChatServer(asyncore.dispatcher):
     """
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-                 loop: Optional[Loop] = None, backend: Optional[str] = None,
+                 loop: Optional[Loop] = None, backend: Union[BackendName, str, None] = None,
                  max_line: int = DEFAULT_MAX_LINE,
                  max_backlog: int = DEFAULT_MAX_BACKLOG, listen_backlog: int = 128) -> None:
         if max_line < 1:
@@ -253,7 +257,9 @@ class ChatServer(asyncore.dispatcher):
             if self._own_loop:
                 self.loop.close()
             raise
-        self.address: Tuple[str, int] = self.socket.getsockname()[:2]
+        listening = self.socket
+        assert listening is not None  # made by create_socket() above
+        self.address: Tuple[str, int] = listening.getsockname()[:2]
 
     # -- accepting ------------------------------------------------------------------
     # dispatcher.handle_accept() accepts and calls handle_accepted().  When
