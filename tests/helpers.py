@@ -1,7 +1,9 @@
 """Small helpers shared by the tests.  Every wait here is bounded."""
 
+import os
 import re
 import signal
+import smtplib
 import socket
 import struct
 import subprocess
@@ -198,3 +200,51 @@ class Proc:
             reader.join(PROCESS_WAIT)
         self.popen.stdout.close()
         self.popen.stderr.close()
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago (another process
+    may take it before the caller binds it: retry on EADDRINUSE)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def smtpd_roundtrip(command, env):
+    """Start an smtpd DebuggingServer with ``command + [address]``, send it
+    a message with smtplib, check it printed it, stop it with Ctrl-C."""
+    for _attempt in range(3):
+        port = free_port()
+        proc = Proc([*command, f"127.0.0.1:{port}"], env)
+        try:
+            deadline = time.monotonic() + PROCESS_WAIT
+            server = None
+            while server is None and time.monotonic() < deadline:
+                if proc.popen.poll() is not None:
+                    break
+                try:
+                    server = smtplib.SMTP("127.0.0.1", port, timeout=PROCESS_WAIT)
+                except ConnectionRefusedError:
+                    time.sleep(0.05)
+            if server is None:
+                status, out, err = proc.finish()
+                if "Address already in use" in err:
+                    continue  # the port was taken between probe and bind: again
+                pytest.fail(f"smtpd did not start (status {status}):\n{err}")
+            token = f"pollchat-{os.getpid()}-{time.monotonic_ns()}"
+            with server:
+                refused = server.sendmail("alice@example.com", ["bob@example.com"],
+                                          f"Subject: legacy\r\n\r\nhello {token}\r\n")
+            assert refused == {}
+            proc.wait_for(r"------------ END MESSAGE ------------")
+            out = "".join(proc.out)
+            assert f"b'hello {token}'" in out or f"hello {token}" in out, out
+            assert "X-Peer: 127.0.0.1" in out
+            proc.popen.send_signal(signal.SIGINT)  # smtpd stops on KeyboardInterrupt
+            status, out, err = proc.finish()
+            assert status == 0, err
+            assert "Traceback" not in err, err
+            return err
+        finally:
+            proc.kill()
+    pytest.fail("no free port for smtpd after 3 attempts")

@@ -9,16 +9,14 @@ import os
 import re
 import shutil
 import signal
-import smtplib
 import socket
 import subprocess
 import sys
-import time
 import types
 import warnings
 
 import pytest
-from helpers import Proc, default_sigint, nofile_limit_in_child
+from helpers import Proc, default_sigint, nofile_limit_in_child, smtpd_roundtrip
 
 import pollchat
 from pollchat import _install
@@ -446,52 +444,6 @@ def test_run_refuses_a_bad_backend_in_the_environment():
 # -- pollchat run: CPython 3.11's smtpd.py ----------------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _smtpd_roundtrip(command, env):
-    """Start an smtpd DebuggingServer with ``command + [address]``, send it
-    a message with smtplib, check it printed it, stop it with Ctrl-C."""
-    for _attempt in range(3):
-        port = _free_port()
-        proc = Proc([*command, f"127.0.0.1:{port}"], env)
-        try:
-            deadline = time.monotonic() + WAIT
-            server = None
-            while server is None and time.monotonic() < deadline:
-                if proc.popen.poll() is not None:
-                    break
-                try:
-                    server = smtplib.SMTP("127.0.0.1", port, timeout=WAIT)
-                except ConnectionRefusedError:
-                    time.sleep(0.05)
-            if server is None:
-                status, out, err = proc.finish()
-                if "Address already in use" in err:
-                    continue  # the port was taken between probe and bind: again
-                pytest.fail(f"smtpd did not start (status {status}):\n{err}")
-            token = f"pollchat-{os.getpid()}-{time.monotonic_ns()}"
-            with server:
-                refused = server.sendmail("alice@example.com", ["bob@example.com"],
-                                          f"Subject: legacy\r\n\r\nhello {token}\r\n")
-            assert refused == {}
-            proc.wait_for(r"------------ END MESSAGE ------------")
-            out = "".join(proc.out)
-            assert f"b'hello {token}'" in out or f"hello {token}" in out, out
-            assert "X-Peer: 127.0.0.1" in out
-            proc.popen.send_signal(signal.SIGINT)  # smtpd stops on KeyboardInterrupt
-            status, out, err = proc.finish()
-            assert status == 0, err
-            assert "Traceback" not in err, err
-            return err
-        finally:
-            proc.kill()
-    pytest.fail("no free port for smtpd after 3 attempts")
-
-
 @pytest.fixture(params=["in-place", "copied"])
 def smtpd_311(request, tmp_path):
     """CPython 3.11's smtpd.py, unmodified: run where it is (as the issue's
@@ -515,7 +467,7 @@ def test_run_cpython_311_smtpd_unmodified(python, smtpd_311):
     if newer.strip() != "True":
         pytest.skip("3.11's smtpd.py imports warnings._deprecated, new in Python 3.11 "
                     "(test_run_stdlib_smtpd_module covers this Python's own smtpd)")
-    err = _smtpd_roundtrip([exe, "-m", "pollchat", "run", smtpd_311, "-n", "-c",
+    err = smtpd_roundtrip([exe, "-m", "pollchat", "run", smtpd_311, "-n", "-c",
                             "DebuggingServer"], env)
     assert f"pollchat: running {smtpd_311} on the " in err
 
@@ -539,6 +491,6 @@ def test_smtpd_311_does_not_run_without_pollchat_on_312_plus(python, tmp_path):
                     "smtpd on Python 3.12+ (test_run_cpython_311_smtpd_unmodified covers it)")
 def test_run_stdlib_smtpd_module():
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
-    err = _smtpd_roundtrip([sys.executable, "-m", "pollchat", "run", "-m", "smtpd", "-n",
+    err = smtpd_roundtrip([sys.executable, "-m", "pollchat", "run", "-m", "smtpd", "-n",
                             "-c", "DebuggingServer"], env)
     assert "pollchat: running smtpd on the " in err
