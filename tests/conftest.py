@@ -140,3 +140,26 @@ def chat_client():
     yield connect
     for client in made:
         client.close()
+
+
+@pytest.fixture
+def pair():
+    """A connected AF_UNIX socketpair, closed at teardown."""
+    import socket
+
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture
+def tcp_pair():
+    """A connected, non-blocking TCP pair over loopback, ``(client, server
+    side)`` (:func:`helpers.make_tcp_pair`), closed at teardown."""
+    from helpers import make_tcp_pair
+
+    client, server = make_tcp_pair()
+    yield client, server
+    client.close()
+    server.close()

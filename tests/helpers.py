@@ -1,5 +1,6 @@
 """Small helpers shared by the tests.  Every wait here is bounded."""
 
+import collections
 import os
 import re
 import signal
@@ -7,10 +8,14 @@ import smtplib
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
+from typing import Any, Deque, Iterable, List, Sequence, Tuple
 
 import pytest
+
+from pollchat.chat import async_chat
 
 #: Seconds the most any single expected event may take (2 busy cores).
 WAIT = 10.0
@@ -248,3 +253,169 @@ def smtpd_roundtrip(command, env):
         finally:
             proc.kill()
     pytest.fail("no free port for smtpd after 3 attempts")
+
+
+# -- sockets -------------------------------------------------------------------------------
+
+
+def make_tcp_pair(blocking=False):
+    """A connected TCP pair over loopback (ephemeral port): ``(client,
+    server side)``, with TCP_NODELAY, non-blocking unless ``blocking``."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=WAIT)
+        server, _ = listener.accept()
+    for sock in (client, server):
+        sock.setblocking(blocking)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client, server
+
+
+# -- backends ------------------------------------------------------------------------------
+
+
+def checked_poll(backend, timeout):
+    """``backend.poll(timeout)`` as a dict, checked against the contract: each
+    fd once, non-empty events, nothing beyond what the backend reports."""
+    from pollchat.backends import event_names
+
+    result = backend.poll(timeout)
+    fds = [fd for fd, _ in result]
+    assert len(fds) == len(set(fds)), f"an fd reported twice: {result}"
+    for fd, events in result:
+        assert events, f"fd {fd} reported with no events"
+        assert not events & ~backend.reports, (
+            f"{backend.name} reported {event_names(events)} for fd {fd}, beyond what it "
+            f"documents ({event_names(backend.reports)})")
+    return dict(result)
+
+
+def wait_until(backend, fd, wanted, timeout=5.0):
+    """Poll ``backend`` until ``fd`` is reported with every bit of ``wanted``;
+    return its events.  Fails after ``timeout`` seconds."""
+    from pollchat.backends import event_names
+
+    deadline = time.monotonic() + timeout
+    while True:
+        events = checked_poll(backend, 0.05).get(fd, 0)
+        if events & wanted == wanted:
+            return events
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{backend.name}: fd {fd} not reported with {event_names(wanted)} within "
+                f"{timeout}s (last: {event_names(events)})")
+
+
+# -- async_chat without sockets --------------------------------------------------------------
+
+
+class StubSocket:
+    """Enough of a socket for a dispatcher, with no fd behind it.
+
+    ``recv()`` serves the queued ``chunks``, never more than asked for (an
+    exception instance in the queue is raised instead).  ``send()`` takes as
+    many bytes as ``send_sizes`` says, in turn (default: all it is given);
+    ``send_args`` keeps what it was given, ``sent`` what it took.
+    """
+
+    def __init__(self, chunks: Iterable[Any] = (),
+                 send_sizes: Sequence[int] = (1 << 30,)) -> None:
+        self.chunks: Deque[Any] = collections.deque(chunks)
+        self.send_sizes = list(send_sizes)
+        self.send_args: List[Any] = []
+        self.sent: List[bytes] = []
+        self.closed = False
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def getpeername(self) -> Tuple[str, int]:
+        return ("127.0.0.1", 9)
+
+    def fileno(self) -> int:
+        return -1000 - id(self) % 1000  # never a real fd: its map is private, never polled
+
+    def recv(self, size: int) -> Any:
+        item = self.chunks.popleft()
+        if isinstance(item, BaseException):
+            raise item
+        if len(item) > size:
+            self.chunks.appendleft(item[size:])
+            item = item[:size]
+        return item
+
+    def send(self, data: Any) -> int:
+        size = self.send_sizes[len(self.send_args) % len(self.send_sizes)]
+        self.send_args.append(data)
+        taken = bytes(data[:size])
+        self.sent.append(taken)
+        return len(taken)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class ListProducer:
+    """A producer handing out the given pieces in turn, then ``b""``."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces: Deque[bytes] = collections.deque(pieces)
+
+    def more(self) -> bytes:
+        return self.pieces.popleft() if self.pieces else b""
+
+
+class Recorder(async_chat):
+    """Records messages as (data, terminator); optional script of
+    terminators set in found_terminator()."""
+
+    def __init__(self, sock: Any = None, map: Any = None, script: Any = ()) -> None:
+        super().__init__(sock, map)
+        self.script = list(script)
+        self.collected: List[bytes] = []
+        self.messages: List[Tuple[bytes, Any]] = []
+        self.closed_by_handle_close = False
+        self.errors: List[BaseException] = []
+
+    def collect_incoming_data(self, data: bytes) -> None:
+        assert data, "collect_incoming_data() got empty data"
+        self.collected.append(data)
+        self._collect_incoming_data(data)
+
+    def found_terminator(self) -> None:
+        self.messages.append((self._get_data(), self.terminator))
+        if self.script:
+            self.set_terminator(self.script.pop(0))
+
+    def handle_close(self) -> None:
+        self.closed_by_handle_close = True
+        self.close()
+
+    def handle_error(self) -> None:
+        self.errors.append(sys.exc_info()[1])
+
+
+def stub_chat(chunks: Any = (), terminator: Any = b"\n", cls: type = Recorder,
+              send_limit: int = 1 << 30, **kwargs: Any) -> Any:
+    """A connected ``cls`` (a :class:`Recorder`) on a :class:`StubSocket`
+    serving ``chunks``, with ``terminator`` set (``...``: none set)."""
+    chat = cls(map={}, **kwargs)
+    chat.set_socket(StubSocket(chunks, (send_limit,)), map={})
+    chat.connected = True
+    if terminator is not Ellipsis:
+        chat.set_terminator(terminator)
+    return chat
+
+
+def feed(chat: Any) -> None:
+    """Read until the stub socket's chunks are all served."""
+    while chat.socket.chunks:
+        chat.handle_read()
+
+
+def drain(chat: Any, limit: int = 10000) -> None:
+    """Write until the output queue is empty (or the channel closed)."""
+    for _ in range(limit):
+        if not chat.producer_fifo or not chat.connected:
+            return
+        chat.handle_write()
+    raise AssertionError("output queue never drained")

@@ -12,12 +12,12 @@ import errno
 import os
 import select
 import socket
-import struct
 import threading
 import time
 
 import pytest
 import standins
+from helpers import reset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,27 +56,6 @@ def devpoll(dp):
     poller.close()
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
-
-
-@pytest.fixture
-def tcp_pair():
-    """A connected TCP pair over loopback: (client, server side)."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname(), timeout=5)
-        server, _ = listener.accept()
-    client.setblocking(False)
-    server.setblocking(False)
-    yield client, server
-    client.close()
-    server.close()
-
-
 def ident_filters(events):
     return sorted((kev.ident, kev.filter) for kev in events)
 
@@ -99,12 +78,6 @@ def wait_events(queue, n, want, timeout=5.0):
             return events
         if time.monotonic() > deadline:
             raise AssertionError(f"no matching events in {timeout}s; last: {events}")
-
-
-def reset(sock):
-    """Close ``sock`` so that the peer gets a RST."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 # -- kevent ---------------------------------------------------------------------
