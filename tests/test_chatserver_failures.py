@@ -13,6 +13,7 @@ import time
 import pytest
 from helpers import WAIT, ChatClient, Proc
 
+from pollchat import chatserver
 from pollchat.chatserver import ChatServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -247,3 +248,28 @@ def test_after_running_out_of_fds_the_server_accepts_again(backend_name, standin
     finally:
         proc.kill()
     assert "Traceback" not in "".join(proc.err), "".join(proc.err)
+
+
+def test_an_error_in_the_listener_pauses_accepting_then_it_serves_again(
+        start_chat_server, chat_client, monkeypatch, caplog):
+    pause = 0.5
+    monkeypatch.setattr(chatserver, "LISTENER_ERROR_PAUSE", pause)
+    caplog.set_level(logging.INFO, logger="pollchat")
+    server = start_chat_server()
+    join, joins = server.join, []
+
+    def join_failing_once(session):
+        joins.append(session)
+        if len(joins) == 1:
+            raise RuntimeError("a bug in join()")
+        join(session)
+
+    server.join = join_failing_once
+    with socket.create_connection(server.address, timeout=WAIT) as unlucky:
+        assert unlucky.recv(100) == b""  # its half-made session was closed
+    failed_at = time.monotonic()
+    client = chat_client(server)  # waits in the kernel's queue during the pause
+    assert time.monotonic() - failed_at >= pause * 0.8
+    assert client.nick == "guest1" and server.nicks() == ["guest1"]
+    errors = [r for r in caplog.records if "error in the listener" in r.getMessage()]
+    assert len(errors) == 1 and errors[0].exc_info[0] is RuntimeError

@@ -277,7 +277,11 @@ class ChatServer(asyncore.dispatcher):
             logger.debug("dropped a connection from %s: %s", _format_address(addr), exc)
             sock.close()
             return
-        self.join(session)
+        try:
+            self.join(session)
+        except BaseException:
+            session.close()  # not half in the room: handle_error() reports the rest
+            raise
 
     def handle_error(self) -> None:
         # A bug reached here (accept() itself handles the resource errors):
