@@ -25,6 +25,13 @@ Behaviour worth knowing:
   hold an unbounded amount of output.
 * :meth:`ChatServer.shutdown` (Ctrl-C in ``pollchat chat``) tells everyone
   ``* server shutting down``, sends what is pending and closes.
+* A departure (``* nick left (reason)``) is announced once the handler that
+  noticed it has returned, never from inside a broadcast: a crowd that
+  disconnects at once costs one notice and one log line each.
+* Out of file descriptors (``EMFILE``...), the listener stops accepting for
+  ``accept_backoff`` seconds at a time (the library's back-off) and resumes
+  by itself; an unexpected error in the listener pauses it for
+  :data:`LISTENER_ERROR_PAUSE` seconds.  Both use only public hooks.
 
 The code is a plain asyncore/asynchat program (a :class:`ChatServer`
 dispatcher accepting connections, one :class:`ChatSession` ``async_chat`` per
