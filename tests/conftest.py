@@ -137,3 +137,64 @@ def loop(backend_name):
     yield lp
     asyncore.close_all(lp.map, ignore_all=True)
     lp.close()
+
+
+@pytest.fixture
+def start_chat_server(backend_name):
+    """A factory: ``start_chat_server(**options)`` starts a
+    :class:`pollchat.chatserver.ChatServer` on ``backend_name`` in a thread
+    and returns it; every one is shut down, and its thread joined, at
+    teardown."""
+    import threading
+
+    from helpers import WAIT
+
+    from pollchat.chatserver import ChatServer
+
+    running = []
+
+    def start(**options):
+        server = ChatServer("127.0.0.1", 0, backend=backend_name, **options)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"grace": 2.0},
+                                  daemon=True)
+        thread.start()
+        running.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in running:
+        if thread.is_alive():
+            server.request_shutdown()
+        thread.join(WAIT)
+        assert not thread.is_alive(), "serve_forever() did not return after shutdown"
+
+
+@pytest.fixture
+def chat_client():
+    """A factory: ``chat_client(server, **options)`` connects a
+    :class:`helpers.ChatClient` (its welcome line read); all closed at
+    teardown."""
+    from helpers import ChatClient
+
+    made = []
+
+    def connect(server, **options):
+        client = ChatClient(server.address[1], **options)
+        made.append(client)
+        return client
+
+    yield connect
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def tcp_pair():
+    """A connected, non-blocking TCP pair over loopback, ``(client, server
+    side)`` (:func:`helpers.make_tcp_pair`), closed at teardown."""
+    from helpers import make_tcp_pair
+
+    client, server = make_tcp_pair()
+    yield client, server
+    client.close()
+    server.close()

@@ -17,7 +17,6 @@ No sockets: a stub socket feeds recv() and takes send().
 
 from __future__ import annotations
 
-import collections
 import importlib.util
 import os
 import sys
@@ -27,6 +26,7 @@ from typing import Any, List, Optional, Tuple
 from unittest import mock
 
 import pytest
+from helpers import ListProducer, StubSocket
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -35,50 +35,6 @@ from pollchat import chat as chat_module
 
 SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
-
-
-# -- stubs ---------------------------------------------------------------------------
-
-
-class StubSocket:
-    """Enough of a socket for a dispatcher: recv() serves queued chunks (never
-    more than asked for), send() takes as many bytes as the script says."""
-
-    def __init__(self, chunks: Optional[List[bytes]] = None,
-                 send_sizes: Optional[List[int]] = None) -> None:
-        self.chunks = collections.deque(chunks or [])
-        self.send_sizes = list(send_sizes or [1 << 30])
-        self.send_calls = 0
-        self.sent: List[bytes] = []
-        self.send_lengths: List[int] = []
-        self.closed = False
-
-    def setblocking(self, flag: bool) -> None:
-        pass
-
-    def getpeername(self) -> Tuple[str, int]:
-        return ("127.0.0.1", 9)
-
-    def fileno(self) -> int:
-        return -1000 - id(self) % 1000  # never a real fd; the map is private
-
-    def recv(self, size: int) -> bytes:
-        first = self.chunks.popleft()
-        if len(first) > size:
-            self.chunks.appendleft(first[size:])
-            first = first[:size]
-        return first
-
-    def send(self, data: Any) -> int:
-        self.send_lengths.append(len(data))
-        size = self.send_sizes[self.send_calls % len(self.send_sizes)]
-        self.send_calls += 1
-        taken = bytes(data[:size])
-        self.sent.append(taken)
-        return len(taken)
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def reraise() -> None:
@@ -408,16 +364,6 @@ def test_change_after_a_run_of_lines(lines, switch_at, then, tail, chunk, batchi
 # -- output properties -------------------------------------------------------------------------
 
 
-class ListProducer:
-    """Hands out the given pieces, then b""."""
-
-    def __init__(self, pieces: List[bytes]) -> None:
-        self.pieces = collections.deque(pieces)
-
-    def more(self) -> bytes:
-        return self.pieces.popleft() if self.pieces else b""
-
-
 items = st.one_of(
     st.tuples(st.just("bytes"), st.binary(max_size=300)),
     st.tuples(st.just("bytearray"), st.binary(max_size=300)),
@@ -470,7 +416,7 @@ def test_output_in_order(queue, send_sizes, out_size, close):
         elif kind == "simple":
             chat.push_with_producer(asynchat.simple_producer(data, buffer_size=args[1]))
         elif kind == "producer":
-            chat.push_with_producer(ListProducer(data))
+            chat.push_with_producer(ListProducer(*data))
             data = b"".join(data)
         else:
             chat.push_with_producer(data)
@@ -482,7 +428,7 @@ def test_output_in_order(queue, send_sizes, out_size, close):
             break
         chat.handle_write()
     assert b"".join(sock.sent) == expected
-    assert all(length <= out_size for length in sock.send_lengths)
+    assert all(len(data) <= out_size for data in sock.send_args)
     assert not chat.producer_fifo
     if close:
         assert chat.closed_after == len(expected)

@@ -19,13 +19,14 @@ except ImportError:  # pragma: no cover - not POSIX
     resource = None
 
 
-def pollchat_command(*args, env=None):
+def pollchat_command(*args, env=None, preexec_fn=None):
     """``python -m pollchat ARGS`` in a subprocess: (status, stdout, stderr)."""
     environ = dict(os.environ)
     environ.pop(backends.ENV_VAR, None)
     environ.update(env or {})
     proc = subprocess.run([sys.executable, "-m", "pollchat", *args], check=False,
-                          capture_output=True, text=True, timeout=WAIT, env=environ)
+                          capture_output=True, text=True, timeout=WAIT, env=environ,
+                          preexec_fn=preexec_fn)  # noqa: PLW1509
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -212,6 +213,49 @@ def test_usage_errors(capsys, args, message):
     assert message in err
     assert "Traceback" not in err
     assert err.splitlines()[0].startswith("usage: pollchat")
+
+
+# -- the select backend's cap on connections ----------------------------------------------------
+
+
+def test_fd_cap_warning_only_when_the_backend_cannot_watch_every_fd(monkeypatch):
+    limit = backends.FD_SETSIZE
+    assert cli._fd_cap_warning("select", limit, "server", "clients") is None
+    assert cli._fd_cap_warning("poll", limit * 10, "server", "clients") is None
+    for soft in (limit + 1, None):  # None: unlimited
+        warning = cli._fd_cap_warning("select", soft, "server", "clients")
+        assert warning is not None
+        assert f"cannot watch fds >= {limit}, so this server is capped at about " in warning
+        assert f"although the open-file limit is {'unlimited' if soft is None else soft}" \
+            in warning
+    monkeypatch.setattr(backends, "available_backends", lambda: ["select"])
+    assert cli._fd_cap_warning("select", None, "program", "connections").endswith(
+        " connections although the open-file limit is unlimited; no backend without that "
+        "cap is available here")
+
+
+def test_run_warns_when_select_caps_the_program(tmp_path):
+    if resource is None:
+        pytest.skip("needs RLIMIT_NOFILE (POSIX)")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the hard open-file limit ({hard}) is below 4096")
+
+    def soft_4096():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+
+    script = tmp_path / "prog.py"
+    script.write_text("print('ran')\n")
+    args = ["run", "-q", "--no-raise-fd-limit"]
+    status, out, err = pollchat_command(*args, "--backend", "select", str(script),
+                                        preexec_fn=soft_4096)
+    assert (status, out) == (0, "ran\n")
+    assert re.fullmatch(r"pollchat: the select backend cannot watch fds >= 1024, so this "
+                        r"program is capped at about 1,0\d\d connections although the "
+                        r"open-file limit is 4096; --backend .* has no such cap\n", err), err
+    status, out, err = pollchat_command(*args, "--backend", "poll", str(script),
+                                        preexec_fn=soft_4096)
+    assert (status, out, err) == (0, "ran\n", "")
 
 
 # -- how pollchat run reads its arguments --------------------------------------------------------

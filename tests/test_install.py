@@ -9,16 +9,14 @@ import os
 import re
 import shutil
 import signal
-import smtplib
 import socket
 import subprocess
 import sys
-import threading
-import time
 import types
 import warnings
 
 import pytest
+from helpers import Proc, default_sigint, nofile_limit_in_child, smtpd_roundtrip
 
 import pollchat
 from pollchat import _install
@@ -97,78 +95,13 @@ def python(request, pollchat_tree):
     return exe, env
 
 
-def _default_sigint():
-    # A shell's background job starts with SIGINT ignored, and python keeps
-    # it so: give the program its normal Ctrl-C.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _lower_nofile(soft):
-    def preexec():
-        _default_sigint()
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    return preexec
-
-
-class Proc:
-    """A subprocess whose output is read by threads, with bounded waits."""
-
-    def __init__(self, args, env, cwd=None, preexec_fn=_default_sigint):
-        self.popen = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE,
-                                      preexec_fn=preexec_fn)  # noqa: PLW1509
-        self.out, self.err = [], []
-        self._readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
-                         for stream, lines in ((self.popen.stdout, self.out),
-                                               (self.popen.stderr, self.err))]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _read(stream, lines):
-        for raw in stream:
-            lines.append(raw.decode("utf-8", "replace"))
-
-    def wait_for(self, pattern, stream="out", timeout=WAIT):
-        lines = self.out if stream == "out" else self.err
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(lines):
-                match = re.search(pattern, line)
-                if match:
-                    return match
-            if self.popen.poll() is not None and all(not r.is_alive() for r in self._readers):
-                break
-            time.sleep(0.02)
-        pytest.fail(f"no {pattern!r} on std{stream}; stdout={''.join(self.out)!r} "
-                    f"stderr={''.join(self.err)!r}")
-
-    def finish(self, timeout=WAIT):
-        """Wait for the exit; (status, stdout, stderr)."""
-        try:
-            status = self.popen.wait(timeout)
-        finally:
-            self.kill()
-        return status, "".join(self.out), "".join(self.err)
-
-    def kill(self):
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(WAIT)
-        for reader in self._readers:
-            reader.join(WAIT)
-        self.popen.stdout.close()
-        self.popen.stderr.close()
-
-
 def capture(args, **options):
     """subprocess.run() with text output captured and a bounded wait."""
     return subprocess.run(args, check=False, capture_output=True, text=True, timeout=WAIT,
                           **options)
 
 
-def run_pollchat(python, *args, cwd=None, preexec_fn=_default_sigint, timeout=WAIT):
+def run_pollchat(python, *args, cwd=None, preexec_fn=default_sigint, timeout=WAIT):
     exe, env = python
     proc = Proc([exe, "-m", "pollchat", *args], env, cwd=cwd, preexec_fn=preexec_fn)
     return proc.finish(timeout)
@@ -319,7 +252,7 @@ def test_raise_fd_limit_raises_soft_to_hard_in_a_subprocess():
     code = ("import resource, pollchat\n"
             "print(pollchat.raise_fd_limit(), pollchat.raise_fd_limit(),\n"
             "      resource.getrlimit(resource.RLIMIT_NOFILE))\n")
-    proc = capture([sys.executable, "-c", code], preexec_fn=_lower_nofile(256))
+    proc = capture([sys.executable, "-c", code], preexec_fn=nofile_limit_in_child(256))
     first, second, now = re.findall(r"\(([^)]*)\)", proc.stdout)
     soft_now, hard_now = (int(x) for x in now.split(", "))
     assert first == f"256, {soft_now}"
@@ -453,7 +386,7 @@ def test_run_raises_the_open_file_limit_first_and_says_so(python):
     if hard != resource.RLIM_INFINITY and hard <= 600:
         pytest.skip(f"the hard open-file limit is only {hard}")
     status, out, err = run_pollchat(python, "run", ECHO, "--info-only",
-                                    preexec_fn=_lower_nofile(512))
+                                    preexec_fn=nofile_limit_in_child(512))
     assert status == 0, err
     [line] = pollchat_lines(err)
     raised = info_of(out)["nofile"]
@@ -462,7 +395,7 @@ def test_run_raises_the_open_file_limit_first_and_says_so(python):
     assert "backend (auto, unless the program picks one; use_poll=True gets it too)" in line
 
     status, out, err = run_pollchat(python, "run", "--no-raise-fd-limit", ECHO, "--info-only",
-                                    preexec_fn=_lower_nofile(512))
+                                    preexec_fn=nofile_limit_in_child(512))
     assert status == 0, err
     assert info_of(out)["nofile"] == 512
     [line] = pollchat_lines(err)
@@ -511,52 +444,6 @@ def test_run_refuses_a_bad_backend_in_the_environment():
 # -- pollchat run: CPython 3.11's smtpd.py ----------------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _smtpd_roundtrip(command, env):
-    """Start an smtpd DebuggingServer with ``command + [address]``, send it
-    a message with smtplib, check it printed it, stop it with Ctrl-C."""
-    for _attempt in range(3):
-        port = _free_port()
-        proc = Proc([*command, f"127.0.0.1:{port}"], env)
-        try:
-            deadline = time.monotonic() + WAIT
-            server = None
-            while server is None and time.monotonic() < deadline:
-                if proc.popen.poll() is not None:
-                    break
-                try:
-                    server = smtplib.SMTP("127.0.0.1", port, timeout=WAIT)
-                except ConnectionRefusedError:
-                    time.sleep(0.05)
-            if server is None:
-                status, out, err = proc.finish()
-                if "Address already in use" in err:
-                    continue  # the port was taken between probe and bind: again
-                pytest.fail(f"smtpd did not start (status {status}):\n{err}")
-            token = f"pollchat-{os.getpid()}-{time.monotonic_ns()}"
-            with server:
-                refused = server.sendmail("alice@example.com", ["bob@example.com"],
-                                          f"Subject: legacy\r\n\r\nhello {token}\r\n")
-            assert refused == {}
-            proc.wait_for(r"------------ END MESSAGE ------------")
-            out = "".join(proc.out)
-            assert f"b'hello {token}'" in out or f"hello {token}" in out, out
-            assert "X-Peer: 127.0.0.1" in out
-            proc.popen.send_signal(signal.SIGINT)  # smtpd stops on KeyboardInterrupt
-            status, out, err = proc.finish()
-            assert status == 0, err
-            assert "Traceback" not in err, err
-            return err
-        finally:
-            proc.kill()
-    pytest.fail("no free port for smtpd after 3 attempts")
-
-
 @pytest.fixture(params=["in-place", "copied"])
 def smtpd_311(request, tmp_path):
     """CPython 3.11's smtpd.py, unmodified: run where it is (as the issue's
@@ -580,7 +467,7 @@ def test_run_cpython_311_smtpd_unmodified(python, smtpd_311):
     if newer.strip() != "True":
         pytest.skip("3.11's smtpd.py imports warnings._deprecated, new in Python 3.11 "
                     "(test_run_stdlib_smtpd_module covers this Python's own smtpd)")
-    err = _smtpd_roundtrip([exe, "-m", "pollchat", "run", smtpd_311, "-n", "-c",
+    err = smtpd_roundtrip([exe, "-m", "pollchat", "run", smtpd_311, "-n", "-c",
                             "DebuggingServer"], env)
     assert f"pollchat: running {smtpd_311} on the " in err
 
@@ -604,6 +491,6 @@ def test_smtpd_311_does_not_run_without_pollchat_on_312_plus(python, tmp_path):
                     "smtpd on Python 3.12+ (test_run_cpython_311_smtpd_unmodified covers it)")
 def test_run_stdlib_smtpd_module():
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
-    err = _smtpd_roundtrip([sys.executable, "-m", "pollchat", "run", "-m", "smtpd", "-n",
+    err = smtpd_roundtrip([sys.executable, "-m", "pollchat", "run", "-m", "smtpd", "-n",
                             "-c", "DebuggingServer"], env)
     assert "pollchat: running smtpd on the " in err

@@ -25,6 +25,13 @@ Behaviour worth knowing:
   hold an unbounded amount of output.
 * :meth:`ChatServer.shutdown` (Ctrl-C in ``pollchat chat``) tells everyone
   ``* server shutting down``, sends what is pending and closes.
+* A departure (``* nick left (reason)``) is announced once the handler that
+  noticed it has returned, never from inside a broadcast: a crowd that
+  disconnects at once costs one notice and one log line each.
+* Out of file descriptors (``EMFILE``...), the listener stops accepting for
+  ``accept_backoff`` seconds at a time (the library's back-off) and resumes
+  by itself; an unexpected error in the listener pauses it for
+  :data:`LISTENER_ERROR_PAUSE` seconds.  Both use only public hooks.
 
 The code is a plain asyncore/asynchat program (a :class:`ChatServer`
 dispatcher accepting connections, one :class:`ChatSession` ``async_chat`` per
@@ -40,21 +47,24 @@ From another thread, stop it with ``server.request_shutdown()``.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import re
 import socket
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from . import asynchat, asyncore
-from .loop import Loop, managed_interest
+from .loop import Loop
 
 __all__ = ["ChatServer", "ChatSession", "DEFAULT_HOST", "DEFAULT_MAX_LINE", "DEFAULT_PORT",
            "valid_nick"]
 
 logger = logging.getLogger("pollchat.chat")
+
+#: The built-in backend names; a third-party backend's registered name is
+#: accepted too (see :func:`pollchat.backends.register_backend`).
+BackendName = Literal["auto", "epoll", "kqueue", "devpoll", "poll", "select"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7000
@@ -64,7 +74,7 @@ NICK_MAX = 20
 
 _NICK_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
 # C0 controls and DEL go (a tab becomes a space): no terminal escapes, no bells.
-_CONTROLS = {code: None for code in (*range(32), 127)}
+_CONTROLS: Dict[int, Optional[str]] = {code: None for code in (*range(32), 127)}
 _CONTROLS[ord("\t")] = " "
 # Telnet commands (IAC = 0xFF, then a command, and an option for WILL/WONT/DO/
 # DONT): telnet sends some, on Ctrl-C say.  0xFF never occurs in UTF-8.
@@ -79,8 +89,8 @@ HELP = (
     "* any other line goes to everyone else",
 )
 
-# Accept errors that mean "out of resources for now", not "the listener is broken".
-_ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Seconds the listener stops accepting after an unexpected error in it.
+LISTENER_ERROR_PAUSE = 1.0
 
 
 def valid_nick(nick: str) -> bool:
@@ -112,6 +122,7 @@ class ChatSession(asynchat.async_chat):
         self._leaving = False  # /quit or dropped: ignore further input
         self._reason = "connection closed"  # what the others are told on close
         self._closed = False
+        self.joined = -1  # when it joined, on the server's clock (set by join())
 
     # -- input: async_chat calls these -------------------------------------------
 
@@ -224,7 +235,7 @@ class ChatServer(asyncore.dispatcher):
     """
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-                 loop: Optional[Loop] = None, backend: Optional[str] = None,
+                 loop: Optional[Loop] = None, backend: Union[BackendName, str, None] = None,
                  max_line: int = DEFAULT_MAX_LINE,
                  max_backlog: int = DEFAULT_MAX_BACKLOG, listen_backlog: int = 128) -> None:
         if max_line < 1:
@@ -238,7 +249,10 @@ class ChatServer(asyncore.dispatcher):
         self.max_backlog = max_backlog
         self.sessions: Dict[str, ChatSession] = {}  # casefolded nick -> session
         self._guests = itertools.count(1)
-        self._paused = False
+        # Departures not yet announced: (when, line), "when" on the _clock
+        # that also stamps each session when it joins.  See leave().
+        self._departures: List[Tuple[int, str]] = []
+        self._clock = itertools.count()
         self._shutting_down = False
         try:
             self.create_socket(family, socket.SOCK_STREAM)
@@ -250,26 +264,15 @@ class ChatServer(asyncore.dispatcher):
             if self._own_loop:
                 self.loop.close()
             raise
-        self.address: Tuple[str, int] = self.socket.getsockname()[:2]
+        listening = self.socket
+        assert listening is not None  # made by create_socket() above
+        self.address: Tuple[str, int] = listening.getsockname()[:2]
 
     # -- accepting ------------------------------------------------------------------
-
-    @managed_interest
-    def readable(self) -> bool:
-        # Not while paused for lack of file descriptors (_pause_accepting).
-        return not self._paused
-
-    def handle_accept(self) -> None:
-        try:
-            pair = self.accept()
-        except OSError as exc:
-            if exc.errno not in _ACCEPT_EXHAUSTED:
-                raise
-            logger.warning("cannot accept connections: %s; pausing for 1 s", exc.strerror)
-            self._pause_accepting(1.0)
-            return
-        if pair is not None:
-            self.handle_accepted(*pair)
+    # dispatcher.handle_accept() accepts and calls handle_accepted().  When
+    # accept() fails for lack of file descriptors (EMFILE...), the library
+    # pauses the listener for accept_backoff seconds and resumes it itself:
+    # the server need not (and must not) manage that pause.
 
     def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
         if self._shutting_down:
@@ -281,22 +284,19 @@ class ChatServer(asyncore.dispatcher):
             logger.debug("dropped a connection from %s: %s", _format_address(addr), exc)
             sock.close()
             return
-        self.join(session)
-
-    def _pause_accepting(self, seconds: float) -> None:
-        # Waiting connections stay in the kernel's queue; without the pause a
-        # level-triggered poller would report the listener ready at once again.
-        self._paused = True
-        self._interest_changed()
-        self.loop.call_later(seconds, self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        self._paused = False
-        self._interest_changed()
+        try:
+            self.join(session)
+        except BaseException:
+            session.close()  # not half in the room: handle_error() reports the rest
+            raise
 
     def handle_error(self) -> None:
-        logger.exception("error in the listener; pausing new connections for 1 s")
-        self._pause_accepting(1.0)
+        # A bug reached here (accept() itself handles the resource errors):
+        # keep listening, but not in a tight loop that floods the log.
+        logger.exception("error in the listener; pausing new connections for %g s",
+                         LISTENER_ERROR_PAUSE)
+        self.pause_reading()
+        self.loop.call_later(LISTENER_ERROR_PAUSE, self.resume_reading)
 
     def handle_close(self) -> None:
         logger.error("the listening socket on %s failed; no new connections",
@@ -310,6 +310,7 @@ class ChatServer(asyncore.dispatcher):
         others = self.nicks()
         nick = next(f"guest{n}" for n in self._guests if f"guest{n}" not in self.sessions)
         session.nick = nick
+        session.joined = next(self._clock)
         self.sessions[nick.casefold()] = session
         logger.info("%s connected from %s (%d online)", nick, session.peer, len(self.sessions))
         here = f"{len(others)} here: {', '.join(others)}" if others else "nobody else here yet"
@@ -318,14 +319,38 @@ class ChatServer(asyncore.dispatcher):
         self.broadcast(f"* {nick} joined", exclude=session)
 
     def leave(self, session: ChatSession, reason: str) -> None:
-        """Forget ``session`` (it is closing) and tell the others why."""
+        """Forget ``session`` (it is closing) and tell the others why, soon.
+
+        The notice is not sent from here: ``leave()`` runs inside ``close()``,
+        which may run inside a broadcast (a ``send()`` to a client that reset
+        its connection closes it), and a notice sent from here could find the
+        next dead client, close it, and so on: one level of recursion per
+        client gone.  Notices wait for :meth:`_announce_departures`, which
+        runs from the loop, after the current handler returns.  One log line
+        per departure.
+        """
         if self.sessions.get(session.nick.casefold()) is not session:
             return
         del self.sessions[session.nick.casefold()]
         logger.info("%s disconnected from %s: %s (%d online)", session.nick, session.peer,
                     reason, len(self.sessions))
-        if not self._shutting_down:
-            self.broadcast(f"* {session.nick} left ({reason})")
+        if self._shutting_down:
+            return
+        if not self._departures:
+            self.loop.call_later(0, self._announce_departures)
+        self._departures.append((next(self._clock), f"* {session.nick} left ({reason})"))
+
+    def _announce_departures(self) -> None:
+        """Send the pending "left" notices, each to the sessions that had
+        joined before that departure.  Departures caused by these sends
+        (clients found gone) are announced by the next call."""
+        departures, self._departures = self._departures, []
+        if self._shutting_down:
+            return  # everyone was told the server is going away
+        for when, text in departures:
+            for session in list(self.sessions.values()):
+                if session.joined < when:
+                    session.say(text)
 
     def rename(self, session: ChatSession, new: str) -> None:
         """``/nick new``: validate, check it is free, announce it to everyone."""

@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-raise-fd-limit", dest="raise_fd_limit", action="store_false",
                      help="leave the soft open-file limit (RLIMIT_NOFILE) as it is")
     run.add_argument("-q", "--quiet", action="store_true",
-                     help="no 'pollchat: ...' line on stderr before the program starts")
+                     help="no 'pollchat: ...' line on stderr before the program starts "
+                          "(warnings are still given)")
     run.add_argument("-m", dest="module", metavar="MODULE",
                      help="run library module MODULE as a script, as python -m does")
     run.add_argument("script", nargs="?", metavar="SCRIPT", help="the program's file")
@@ -195,6 +196,46 @@ def _fd_limit_report(raise_it: bool) -> str:
 
 def _limit(value: Optional[int]) -> str:
     return "unlimited" if value is None else str(value)
+
+
+def _fds_in_use() -> int:
+    """How many fds this process has open (3, for stdio, where it cannot tell)."""
+    try:
+        return len(os.listdir("/dev/fd")) - 1  # less the one listdir() itself opened
+    except OSError:
+        return 3
+
+
+def _fd_cap_warning(backend: str, soft_limit: Optional[int], who: str,
+                    unit: str) -> Optional[str]:
+    """The warning to give at start when ``backend`` cannot watch every fd
+    this process may open (select: none at or above ``FD_SETSIZE``), or
+    ``None`` when it can.
+
+    Args:
+        backend: a concrete, available backend name.
+        soft_limit: the soft ``RLIMIT_NOFILE`` (``None``: unlimited or unknown).
+        who: what is capped, for the message ("server", "program").
+        unit: what the cap counts ("clients", "connections").
+    """
+    max_fd = getattr(_backend_class(backend, True), "max_fd", None)
+    if max_fd is None or (soft_limit is not None and soft_limit <= max_fd + 1):
+        return None
+    uncapped = [name for name in _backends.available_backends()
+                if getattr(_backend_class(name, True), "max_fd", None) is None]
+    hint = (f"--backend {' or '.join(uncapped)} has no such cap" if uncapped
+            else "no backend without that cap is available here")
+    about = max(max_fd + 1 - _fds_in_use(), 0)
+    return (f"the {backend} backend cannot watch fds >= {max_fd + 1}, so this {who} is capped "
+            f"at about {about:,} {unit} although the open-file limit is "
+            f"{_limit(soft_limit)}; {hint}")
+
+
+def _warn_of_fd_cap(log: logging.Logger, backend: str, who: str, unit: str) -> None:
+    """Log :func:`_fd_cap_warning`'s warning, if there is one."""
+    warning = _fd_cap_warning(backend, _backends.fd_limits()[0], who, unit)
+    if warning is not None:
+        log.warning("%s", warning)
 
 
 def _split_run_args(tokens: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -284,6 +325,7 @@ def _run(ns: argparse.Namespace, program_args: List[str], real_cli: bool) -> int
             os.environ[_backends.ENV_VAR] = ns.backend.strip().lower()  # children inherit it
         log.info("running %s on the %s backend (%s); %s", target, backend, origin,
                  _fd_limit_report(ns.raise_fd_limit))
+        _warn_of_fd_cap(log, backend, "program", "connections")
         return _run_program(ns.module, ns.script, program_args, real_cli)
     finally:
         sys.argv[:] = saved_argv
@@ -461,6 +503,7 @@ def _chat(ns: argparse.Namespace) -> int:
     shown = f"[{host}]" if ":" in host else host
     log.info("listening on %s:%d (backend %s, %s; max line %d bytes); %s; Ctrl-C to stop",
              shown, port, backend, origin, ns.max_line, limit_text)
+    _warn_of_fd_cap(log, backend, "server", "clients")
 
     def terminate(signum: int, frame: Any) -> None:
         # SIGTERM: the same clean shutdown as Ctrl-C, but without raising

@@ -10,13 +10,17 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 __all__ = ["TimerHandle", "TimerQueue"]
 
 # Rebuild the heap once this many cancelled handles are in it and they are
 # more than half of it: bounded memory without paying on every cancel().
 _COMPACT_MIN = 64
+
+
+def _cancelled() -> None:
+    """What a cancelled handle holds instead of its callback."""
 
 
 class TimerHandle:
@@ -28,8 +32,8 @@ class TimerHandle:
 
     __slots__ = ("when", "_seq", "_callback", "_args", "_queue", "cancelled")
 
-    def __init__(self, when: float, seq: int, callback: Callable[..., Any], args: tuple,
-                 queue: TimerQueue) -> None:
+    def __init__(self, when: float, seq: int, callback: Callable[..., Any],
+                 args: Tuple[Any, ...], queue: TimerQueue) -> None:
         self.when = when
         self._seq = seq
         self._callback = callback
@@ -45,14 +49,16 @@ class TimerHandle:
         if self.cancelled:
             return
         self.cancelled = True
-        self._callback = self._args = None
+        # Drop the references (a cancelled handle may wait in the heap).
+        self._callback, self._args = _cancelled, ()
         queue, self._queue = self._queue, None
         if queue is not None:
             queue._cancelled_one()
 
     def __repr__(self) -> str:
-        state = "cancelled" if self.cancelled else f"at {self.when:.3f}"
-        return f"<TimerHandle {state} {self._callback!r}>"
+        if self.cancelled:
+            return "<TimerHandle cancelled>"
+        return f"<TimerHandle at {self.when:.3f} {self._callback!r}>"
 
 
 class TimerQueue:
