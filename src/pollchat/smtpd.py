@@ -86,6 +86,7 @@ DEBUGSTREAM: _typing.Any = Devnull()
 NEWLINE = "\n"
 COMMASPACE = ", "
 DATA_SIZE_DEFAULT = 33554432  # 32 MiB
+_LISTEN_BACKLOG = 128  # socket.listen()'s own default
 
 _CRLF = "\r\n"
 _SUPPORTED = "EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"
@@ -319,15 +320,17 @@ class SMTPChannel(asynchat.async_chat):
 
     def _command(self, line: _typing.Any, undecodable: bool) -> None:
         size, self.num_bytes = self.num_bytes, 0
-        if not line or undecodable:
+        if not line:
             self.push("500 Error: bad syntax")
             return
         if not self._decode_data:
             try:
                 line = str(line, "utf-8")
-            except UnicodeDecodeError:  # 3.11 dropped the session
-                self.push("500 Error: bad syntax")
-                return
+            except UnicodeDecodeError:
+                # 3.11 dropped the session.  Decoded anyway for the length
+                # check: an over-long line may just be cut inside a character.
+                line = str(line, "utf-8", "replace")
+                undecodable = True
         verb, space, rest = line.partition(" ")
         command = verb.upper()
         arg = rest.strip() if space else None
@@ -339,12 +342,14 @@ class SMTPChannel(asynchat.async_chat):
             limit = self.command_size_limit
         if size > limit:
             self.push("500 Error: line too long")
-            return
-        method = getattr(self, "smtp_" + command, None)
-        if method is None:
-            self.push(f'500 Error: command "{self._echo(command)}" not recognized')
-            return
-        method(arg)
+        elif undecodable:
+            self.push("500 Error: bad syntax")
+        else:
+            method = getattr(self, "smtp_" + command, None)
+            if method is None:
+                self.push(f'500 Error: command "{self._echo(command)}" not recognized')
+            else:
+                method(arg)
 
     def _deliver(self, message: _typing.Any) -> None:
         """The message arrived whole: undo the transparency dots (RFC 5321
@@ -414,20 +419,16 @@ class SMTPChannel(asynchat.async_chat):
         bare) as an addr-spec, ``''`` if there is none."""
         if not arg:
             return "", ""
-        address: _typing.Any
         try:
-            if arg.lstrip().startswith("<"):
-                address, rest = get_angle_addr(arg)
-            else:
-                address, rest = get_addr_spec(arg)
+            parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+            address, rest = parse(arg)
+            return (address.addr_spec if address else ""), rest
         except Exception:  # noqa: BLE001
             # The email parser signals garbage with HeaderParseError, but
-            # also with IndexError or AttributeError ('<', '<"', '<a@[1.2>');
-            # 3.11 let those drop the session.  Any of them means "no address".
+            # also with IndexError or AttributeError, while parsing or when
+            # addr_spec is computed ('<', '<"', '<a@[1.2>'); 3.11 let those
+            # drop the session.  Any of them means "no address".
             return "", ""
-        if not address:
-            return "", rest
-        return address.addr_spec, rest
 
     def _getparams(self, params: list[str]) -> _typing.Optional[dict[str, _typing.Any]]:
         """``['SIZE=10', 'SMTPUTF8']`` -> ``{'SIZE': '10', 'SMTPUTF8': True}``;
@@ -642,7 +643,10 @@ class SMTPServer(asyncore.dispatcher):
             self.create_socket(family, type_)
             self.set_reuse_addr()  # restartable at once, despite TIME_WAIT
             self.bind(localaddr)
-            self.listen(5)
+            # 3.11 listened with a backlog of 5: a burst of connections then
+            # overflowed the kernel's accept queue and clients waited seconds
+            # for SYN retransmissions.
+            self.listen(_LISTEN_BACKLOG)
         except BaseException:
             self.close()  # never a half-made listener in the map
             raise
