@@ -1,5 +1,5 @@
-"""CPython 3.11's own test_asyncore.py and test_asynchat.py, run against
-pollchat on every backend, in a subprocess each (they use the default map and
+"""CPython 3.11's own test_asyncore.py, test_asynchat.py and test_smtpd.py,
+run against pollchat on every backend, in a subprocess each (they use the default map and
 module state).  On Python 3.12+ the files are read from the pyenv 3.11
 installation, never copied here."""
 
@@ -10,6 +10,8 @@ import subprocess
 import sys
 
 import pytest
+
+import pollchat.asyncore
 
 # What a backend cannot do by design (README, "What differs"): reported by
 # the runner as skips with this reason, never silently.
@@ -32,8 +34,19 @@ def _cpython311_test_dir():
 TEST_DIR = _cpython311_test_dir()
 
 
+# test_smtpd.py runs its servers on fake sockets by rebinding module globals
+# (smtpd.socket = asyncore.socket = mock_socket): dispatcher.create_socket()
+# must then make a mock socket.  That is issue 10's module-namespace work;
+# until pollchat.asyncore has a rebindable `socket`, the suite is expected to
+# fail (strict: once it lands, it must pass).
+_NEEDS_ASYNCORE_SOCKET = pytest.mark.xfail(
+    not hasattr(pollchat.asyncore, "socket"), strict=True,
+    reason="needs asyncore.socket rebinding to reach create_socket() (issue 10)")
+
+
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("suite", ["test_asyncore.py", "test_asynchat.py"])
+@pytest.mark.parametrize("suite", ["test_asyncore.py", "test_asynchat.py",
+                                   pytest.param("test_smtpd.py", marks=_NEEDS_ASYNCORE_SOCKET)])
 def test_cpython_suite_passes(suite, backend_name, standin):
     if sys.version_info < (3, 11):
         pytest.skip("CPython 3.11's test files need the test.support of Python 3.11+ "

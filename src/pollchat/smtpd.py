@@ -81,8 +81,9 @@ class Devnull:
         pass
 
 
-#: Where the dialogue is traced (``-d`` sets ``sys.stderr``; tests set a StringIO).
-DEBUGSTREAM: _typing.Any = Devnull()
+# Where the dialogue is traced (-d sets sys.stderr; tests set a StringIO).  A
+# type comment, not an annotation: that would add __annotations__ to dir().
+DEBUGSTREAM = Devnull()  # type: _typing.Any
 NEWLINE = "\n"
 COMMASPACE = ", "
 DATA_SIZE_DEFAULT = 33554432  # 32 MiB
