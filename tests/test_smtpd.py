@@ -356,3 +356,26 @@ def test_smtpchannel_refuses_smtputf8_with_decode_data_before_joining_the_map(lo
     finally:
         a.close()
         b.close()
+
+
+def test_decode_data_refuses_what_is_not_utf8(loop):
+    """decode_data=True: a command or a message that is not UTF-8 gets a
+    reply (3.11 raised UnicodeDecodeError and closed the connection)."""
+    server = start_server(loop, decode_data=True)
+    client = Client(loop, port_of(server))
+    try:
+        client.reply()
+        client.command(b"HELO client")
+        assert client.command(b"NOOP \xff") == "500 Error: bad syntax"
+        assert client.command(b"MAIL FROM:<a@example.com>") == "250 OK"
+        assert client.command(b"RCPT TO:<b@example.com>") == "250 OK"
+        assert client.command(b"DATA").startswith("354 ")
+        assert client.command(b"caf\xc3\r\n.") == "554 Error: message is not valid UTF-8"
+        assert client.command(b"DATA") == "503 Error: need RCPT command"  # transaction over
+        assert client.command(b"MAIL FROM:<a@example.com>") == "250 OK"
+        assert client.command(b"RCPT TO:<b@example.com>") == "250 OK"
+        assert client.command(b"DATA").startswith("354 ")
+        assert client.command(b"caf\xc3\xa9\r\n.") == "250 OK"
+    finally:
+        client.close()
+    assert [m.data for m in server.messages] == ["caf\u00e9"]
