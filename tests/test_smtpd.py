@@ -14,6 +14,8 @@ import struct
 
 import pytest
 from helpers import run_until
+from hypothesis import given
+from hypothesis import strategies as st
 from smtp_support import Client, StoringServer, port_of, serve_while, start_server, transaction
 
 from pollchat import smtpd
@@ -379,3 +381,28 @@ def test_decode_data_refuses_what_is_not_utf8(loop):
     finally:
         client.close()
     assert [m.data for m in server.messages] == ["caf\u00e9"]
+
+
+ATEXT = "aZ09!#$%&'*+/=?^_`{|}~-"
+DOT_ATOM = st.lists(st.text(alphabet=ATEXT, min_size=1, max_size=6), min_size=1,
+                    max_size=3).map(".".join)
+TAIL = st.sampled_from(["", " SIZE=10", "  BODY=8BITMIME SMTPUTF8", "\tX=1", " (comment) X",
+                        "(comment)", "SIZE=1", " ", "\t ", "\r", "\n", ">", " <", "\u00e9"])
+
+
+@given(local=DOT_ATOM, domain=DOT_ATOM, tail=TAIL, noise=st.text(max_size=3),
+       extra_dot=st.sampled_from(["", ".", ".."]))
+def test_the_fast_address_path_agrees_with_the_email_parser(local, domain, tail, noise,
+                                                            extra_dot):
+    """_getaddr() answers simple <local@domain> paths without the email
+    parser: wherever it does, the parser (3.11's way) must give the same."""
+    for arg in (f"<{local}@{domain}>{tail}{noise}", f"<{local}{extra_dot}@{domain}>{tail}",
+                f"<{local}@{domain}{extra_dot}>{tail}", f" <{local}@{domain}>{tail}"):
+        fast = smtpd._SIMPLE_PATH.match(arg)
+        if fast is not None:
+            assert (fast.group(1), arg[fast.end():]) == smtpd._parse_path(arg), arg
+
+
+def test_the_fast_address_path_takes_what_clients_send():
+    for arg in ("<alice@example.com>", "<a.b+tag@mail.example.org> SIZE=1024 BODY=8BITMIME"):
+        assert smtpd._SIMPLE_PATH.match(arg), arg
