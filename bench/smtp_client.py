@@ -18,29 +18,15 @@ JSON events, one per line, as ``clients.py`` prints them (``ready`` with
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import selectors
 import socket
 import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from clients import ClientError, cpu_seconds, emit  # a sibling when run as a script
+
 ENVELOPE = b"MAIL FROM:<bench@example.com>\r\nRCPT TO:<sink@example.com>\r\nDATA\r\n"
-
-
-class ClientError(Exception):
-    """The run failed; the message says how."""
-
-
-def emit(event: str, **fields: Any) -> None:
-    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
-    sys.stdout.flush()
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def message(size: int) -> bytes:

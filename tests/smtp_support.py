@@ -130,6 +130,12 @@ class Client:
         self.send(line + b"\r\n")
         return self.reply()[-1]
 
+    def open_data(self) -> None:
+        """MAIL, RCPT and DATA, each accepted: the message text may follow."""
+        assert self.command(b"MAIL FROM:<a@example.com>") == "250 OK"
+        assert self.command(b"RCPT TO:<b@example.com>") == "250 OK"
+        assert self.command(b"DATA").startswith("354 ")
+
     def wait_closed(self) -> None:
         """Until the server closed the connection."""
         run_until(self.loop, lambda: self.eof, timeout=self.timeout, between=self._fill)

@@ -127,16 +127,12 @@ def test_too_much_data_is_refused_with_552_and_the_session_goes_on(loop):
     try:
         assert client.reply()[0].startswith("220 ")
         client.command(b"EHLO client")
-        assert client.command(b"MAIL FROM:<a@example.com>") == "250 OK"  # no SIZE given
-        assert client.command(b"RCPT TO:<b@example.com>") == "250 OK"
-        assert client.command(b"DATA").startswith("354 ")
+        client.open_data()  # MAIL without SIZE
         client.send(b"y" * 1_000_000 + b"\r\n.\r\n")
         assert client.reply() == ["552 Error: Too much mail data"]
         # Back in the command state (3.11 stayed in DATA and never answered again).
         assert client.command(b"RSET") == "250 OK"
-        assert client.command(b"MAIL FROM:<a@example.com>") == "250 OK"
-        assert client.command(b"RCPT TO:<b@example.com>") == "250 OK"
-        assert client.command(b"DATA").startswith("354 ")
+        client.open_data()
         assert client.command(b"fits\r\n.") == "250 OK"
     finally:
         client.close()
@@ -369,14 +365,10 @@ def test_decode_data_refuses_what_is_not_utf8(loop):
         client.reply()
         client.command(b"HELO client")
         assert client.command(b"NOOP \xff") == "500 Error: bad syntax"
-        assert client.command(b"MAIL FROM:<a@example.com>") == "250 OK"
-        assert client.command(b"RCPT TO:<b@example.com>") == "250 OK"
-        assert client.command(b"DATA").startswith("354 ")
+        client.open_data()
         assert client.command(b"caf\xc3\r\n.") == "554 Error: message is not valid UTF-8"
         assert client.command(b"DATA") == "503 Error: need RCPT command"  # transaction over
-        assert client.command(b"MAIL FROM:<a@example.com>") == "250 OK"
-        assert client.command(b"RCPT TO:<b@example.com>") == "250 OK"
-        assert client.command(b"DATA").startswith("354 ")
+        client.open_data()
         assert client.command(b"caf\xc3\xa9\r\n.") == "250 OK"
     finally:
         client.close()
