@@ -117,9 +117,9 @@ def usage(code: int, msg: object = "") -> _typing.NoReturn:
 
 
 def _renamed_attribute(old: str, new: str) -> property:
-    """A property standing for a private name of Python 3.2's SMTPChannel
-    (``_SMTPChannel__server``...), which subclasses still use: it warns and
-    forwards to the public attribute ``new``."""
+    """A property for one of SMTPChannel's old private names
+    (``_SMTPChannel__server``...), from before the attributes were public,
+    which subclasses still use: it warns and forwards to ``new``."""
 
     def get(self: object) -> _typing.Any:
         warn(f"Access to {old} attribute on SMTPChannel is deprecated, use {new!r} instead",
@@ -227,7 +227,7 @@ class SMTPChannel(asynchat.async_chat):
         self.received_data: _typing.Any = ""
         self.received_lines: list[_typing.Any] = []
 
-    # Python 3.2's private names: deprecated aliases of the public ones.
+    # The old private names: deprecated aliases of the public ones.
     __server = _renamed_attribute("__server", "smtp_server")
     __line = _renamed_attribute("__line", "received_lines")
     __state = _renamed_attribute("__state", "smtp_state")
