@@ -887,7 +887,9 @@ def _main() -> None:
             print('Cannot setuid "nobody"; try running with -n option.', file=sys.stderr)
             sys.exit(1)
     try:
-        asyncore.loop()
+        # A 1 s bound on each wait (3.11: 30 s): a SIGINT that lands just
+        # before the poll starts is then acted on within a second, not 30.
+        asyncore.loop(timeout=1.0)
     except KeyboardInterrupt:
         pass
 
