@@ -7,10 +7,12 @@ Usage: python smtpd_dialogue.py stdlib|pollchat < dialogues.json > results.json
 compares.  Each dialogue is ``{"server": {SMTPServer keyword arguments},
 "chunks": [text, ...]}`` (text: latin-1 for bytes).  The channel sits on one
 end of a socketpair; each chunk is written to the other end and the channel
-reads it with ``handle_read()`` until the socket is drained, so the run is
-deterministic (no loop, no timing).  After each chunk the script records
-the replies, the channel's public state, the messages delivered so far, or
-the exception that escaped (as the loop would hand it to handle_error()).
+reads it with ``handle_read()`` until the socket is drained, then writes
+with ``handle_write()`` while it is ``writable()`` (the loop's two passes,
+done by hand: the run is deterministic, with no loop and no timing).  After
+each chunk the script records the replies, the channel's public state, the
+messages delivered so far, or the exception that escaped (as the loop would
+hand it to handle_error()).
 """
 
 import json
@@ -69,8 +71,14 @@ def play(smtpd, asyncore, dialogue):
             theirs.sendall(text.encode("latin-1"))
             step = {}
             try:
-                while select.select([ours], [], [], 0)[0] and channel.socket is not None:
+                while channel.connected and select.select([ours], [], [], 0)[0]:
                     channel.handle_read()
+                # The loop's write pass: what was queued rather than sent (the
+                # close after QUIT; replies an implementation holds back).
+                for _ in range(100):
+                    if not (channel.connected and channel.writable()):
+                        break
+                    channel.handle_write()
             except Exception as exc:  # what the loop would pass to handle_error()
                 step["raised"] = type(exc).__name__
             step["replies"] = drain(theirs)
