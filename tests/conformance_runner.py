@@ -4,9 +4,9 @@ Usage: python conformance_runner.py TEST_FILE
                                     [--standin kqueue|devpoll|kqueue-libkqueue]
                                     [--divergence TEST_NAME=REASON ...]
 
-``pollchat.asyncore``/``pollchat.asynchat`` are put in ``sys.modules`` under
-the standard names first, so the test file's ``import asyncore`` gets ours
-(on 3.12+ there is nothing else to get).  The file is loaded by path: it is
+``pollchat.asyncore``/``pollchat.asynchat``/``pollchat.smtpd`` are put in
+``sys.modules`` under the standard names first, so the test file's ``import
+asyncore`` gets ours (on 3.12+ there is nothing else to get).  The file is loaded by path: it is
 read from the Python 3.11 installation, never copied into this repository.
 The backend comes from ``POLLCHAT_BACKEND``; ``--standin`` first installs a
 stand-in kernel object for a backend Linux lacks: tests/standins.py's, or
@@ -48,9 +48,11 @@ def main() -> int:
 
     import pollchat.asynchat
     import pollchat.asyncore
+    import pollchat.smtpd
 
     sys.modules["asyncore"] = pollchat.asyncore
     sys.modules["asynchat"] = pollchat.asynchat
+    sys.modules["smtpd"] = pollchat.smtpd
 
     spec = importlib.util.spec_from_file_location("cpython_conformance", args.test_file)
     module = importlib.util.module_from_spec(spec)

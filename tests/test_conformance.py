@@ -1,5 +1,5 @@
-"""CPython 3.11's own test_asyncore.py and test_asynchat.py, run against
-pollchat on every backend, in a subprocess each (they use the default map and
+"""CPython 3.11's own test_asyncore.py, test_asynchat.py and test_smtpd.py,
+run against pollchat on every backend, in a subprocess each (they use the default map and
 module state).  On Python 3.12+ the files are read from the pyenv 3.11
 installation, never copied here."""
 
@@ -33,7 +33,7 @@ TEST_DIR = _cpython311_test_dir()
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("suite", ["test_asyncore.py", "test_asynchat.py"])
+@pytest.mark.parametrize("suite", ["test_asyncore.py", "test_asynchat.py", "test_smtpd.py"])
 def test_cpython_suite_passes(suite, backend_variant, libkqueue):
     if sys.version_info < (3, 11):
         pytest.skip("CPython 3.11's test files need the test.support of Python 3.11+ "

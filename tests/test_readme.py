@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import time
 
@@ -116,9 +117,57 @@ def test_readme_smtpd_example_runs():
     if shutil.which("python3.11") is None:
         pytest.skip("the example takes smtpd.py from a python3.11 on PATH; there is none here")
     blocks = re.findall(r"^```sh\n(.*?)^```", README, re.S | re.M)
-    [snippet] = [block for block in blocks if "smtpd" in block]
+    [snippet] = [block for block in blocks if "smtpd_py" in block]
     script = snippet.replace(".venv/bin/python", f"exec {sys.executable}")
     script = with_port(script, " 127.0.0.1:8025", ' "$1"')
     err = smtpd_roundtrip(["bash", "-c", script, "bash"],
                           dict(os.environ, PYTHONUNBUFFERED="1"))
     assert "pollchat: running " in err and "smtpd.py on the " in err, err
+
+
+@pytest.mark.timeout(90)
+def test_readme_smtpd_sink_runs_unmodified_under_pollchat_run(tmp_path):
+    """README's "Mail servers (smtpd)": the 3.11-era sink, as written, under
+    `pollchat run` on Python 3.13 (else 3.12, else this Python)."""
+    import smtplib
+
+    from test_install import find_python
+
+    code = re.search(r"### Mail servers \(smtpd\)\n.*?```python\n(.*?)```",
+                     read("README.md"), re.S).group(1)
+    assert 'Sink(("127.0.0.1", 8025), None)' in code
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "sink.py").write_text(code.replace("8025", str(port)))
+    exe = find_python("3.13") or find_python("3.12") or sys.executable
+    tree = tmp_path / "tree" / "pollchat"  # this pollchat, importable by that Python
+    tree.mkdir(parents=True)
+    source = os.path.join(ROOT, "src", "pollchat")
+    for name in os.listdir(source):
+        if name not in ("__pycache__", "backends"):
+            (tree / name).symlink_to(os.path.join(source, name))
+    (tree / "backends").symlink_to(os.path.join(ROOT, "src", "backends"))
+    env = dict(os.environ, PYTHONPATH=str(tree.parent), PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.Popen([exe, "-m", "pollchat", "run", "-q", "sink.py"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = smtplib.SMTP("127.0.0.1", port, timeout=10)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline, "the sink did not start"
+                time.sleep(0.05)
+        with client:
+            client.sendmail("alice@example.com", ["bob@example.com", "carol@example.com"],
+                            b"Subject: hi\r\n\r\nhello")
+        line = proc.stdout.readline().decode()
+        assert line == "alice@example.com -> bob@example.com, carol@example.com: 18 bytes\n"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()

@@ -2,7 +2,8 @@
 
 :func:`install` makes ``import asyncore`` and ``import asynchat`` give
 pollchat's modules, for code you cannot edit (a third-party package, a
-vendored copy of CPython 3.11's ``smtpd``)::
+vendored copy of CPython 3.11's ``smtpd``), and ``import smtpd`` give
+:mod:`pollchat.smtpd` where the interpreter has none (3.12+)::
 
     import pollchat
     pollchat.install()          # before anything imports asyncore
@@ -33,6 +34,10 @@ logger = logging.getLogger("pollchat")
 
 #: Legacy name -> pollchat module that replaces it.
 MODULES: Dict[str, str] = {"asyncore": "pollchat.asyncore", "asynchat": "pollchat.asynchat"}
+#: Legacy name -> pollchat module used only where nothing else provides the
+#: name (the standard library's smtpd stays on 3.11: it runs on pollchat's
+#: asyncore anyway), or always after ``install(force=True)``.
+FALLBACKS: Dict[str, str] = {"smtpd": "pollchat.smtpd"}
 
 #: CPython 3.11 marks asyncore, asynchat and smtpd (and only those) with
 #: ``warnings._deprecated(__name__, ..., remove=(3, 12))``.
@@ -107,31 +112,38 @@ def _importers(module: Any) -> List[str]:
 
 
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Answers ``import asyncore``/``import asynchat`` with pollchat's
-    modules even after ``del sys.modules['asyncore']`` (as test helpers such
-    as ``import_fresh_module`` do), ahead of the standard library."""
+    """Answers ``import asyncore`` (etc.) with pollchat's module of that
+    name, even after ``del sys.modules['asyncore']`` (as test helpers such
+    as ``import_fresh_module`` do).  Where it sits in ``sys.meta_path``
+    decides whether it comes before the standard library or after it."""
+
+    def __init__(self, names: Dict[str, str]) -> None:
+        self.names = names  # legacy name -> pollchat module
 
     def find_spec(self, fullname: str, path: Any = None,
                   target: Any = None) -> Optional[importlib.machinery.ModuleSpec]:
-        if fullname not in MODULES:
+        if fullname not in self.names:
             return None
-        return importlib.machinery.ModuleSpec(fullname, self, origin=MODULES[fullname])
+        return importlib.machinery.ModuleSpec(fullname, self, origin=self.names[fullname])
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
-        return importlib.import_module(MODULES[spec.name])
+        return importlib.import_module(self.names[spec.name])
 
     def exec_module(self, module: types.ModuleType) -> None:
-        pass  # already executed, as pollchat.asyncore / pollchat.asynchat
+        pass  # already executed, under its pollchat name
 
 
-_finder = _Finder()
+# First in sys.meta_path: asyncore, asynchat (and smtpd after force=True).
+_finder = _Finder(dict(MODULES))
+# Last in sys.meta_path: smtpd, for interpreters without one.
+_fallback_finder = _Finder(dict(FALLBACKS))
 
 
-def _ours() -> Dict[str, types.ModuleType]:
+def _ours(names: Dict[str, str]) -> Dict[str, types.ModuleType]:
     try:
-        return {name: importlib.import_module(target) for name, target in MODULES.items()}
+        return {name: importlib.import_module(target) for name, target in names.items()}
     except ModuleNotFoundError as exc:  # pragma: no cover - broken installation
-        if exc.name in MODULES.values():
+        if exc.name in names.values():
             raise ImportError(f"pollchat.install(): {exc.name} is missing from this "
                               f"pollchat installation ({os.path.dirname(__file__)})") from exc
         raise
@@ -139,7 +151,8 @@ def _ours() -> Dict[str, types.ModuleType]:
 
 def install(*, force: bool = False) -> None:
     """Make ``import asyncore`` and ``import asynchat`` give pollchat's
-    modules from now on.  Idempotent.
+    modules from now on, and ``import smtpd`` give :mod:`pollchat.smtpd`
+    where nothing else provides an ``smtpd`` (Python 3.12+).  Idempotent.
 
     Call it before anything imports asyncore.  It also lets copies of
     CPython 3.11's asyncore-era modules (``smtpd.py``...) import on Python
@@ -151,30 +164,47 @@ def install(*, force: bool = False) -> None:
         force: replace another ``asyncore``/``asynchat`` already imported
             (with a :class:`RuntimeWarning`) instead of raising.  Modules
             that imported the old one keep it, and its channels are not
-            driven by pollchat's loop.
+            driven by pollchat's loop.  Also makes ``import smtpd`` give
+            :mod:`pollchat.smtpd` even where the standard library has one
+            (3.11), replacing one already imported (with a warning).
 
     Raises:
         ModuleAlreadyImportedError: another ``asyncore`` or ``asynchat`` is
             already in ``sys.modules`` and ``force`` is false.
     """
     with _lock:
-        ours = _ours()
+        ours = _ours(MODULES)
         foreign = {name: mod for name, mod in ((n, sys.modules.get(n)) for n in MODULES)
                    if mod is not None and mod is not ours[name]}
         for name, mod in foreign.items():
             if not force:
                 raise ModuleAlreadyImportedError(name, _origin(mod), _importers(mod))
-            warnings.warn(f"pollchat.install(force=True): replacing the {name} module "
-                          f"already imported from {_origin(mod)}; code that imported it "
-                          f"keeps it, and its channels are not driven by pollchat",
-                          RuntimeWarning, stacklevel=2)
+            _warn_replacing(name, mod)
+        if force:
+            # smtpd only now: importing it earlier would import it for nothing.
+            forced = _ours(FALLBACKS)
+            for name, mod in forced.items():
+                previous = sys.modules.get(name)
+                if previous is not None and previous is not mod:
+                    _warn_replacing(name, previous)
+            ours.update(forced)
+            _finder.names.update(FALLBACKS)
         for name, module in ours.items():
             if sys.modules.get(name) is not module:
                 _saved.setdefault(name, sys.modules.get(name))
                 sys.modules[name] = module
         if _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)
+        if _fallback_finder not in sys.meta_path:
+            sys.meta_path.append(_fallback_finder)
         _relax_removal_guard()
+
+
+def _warn_replacing(name: str, module: Any) -> None:
+    warnings.warn(f"pollchat.install(force=True): replacing the {name} module "
+                  f"already imported from {_origin(module)}; code that imported it "
+                  f"keeps it (and the channels of an asyncore it uses are not driven "
+                  f"by pollchat)", RuntimeWarning, stacklevel=3)
 
 
 def installed() -> bool:
@@ -188,10 +218,16 @@ def uninstall() -> None:
     and ``warnings._deprecated``.  Mainly for tests.  Modules that imported
     pollchat's asyncore meanwhile keep it."""
     with _lock:
-        if _finder in sys.meta_path:
-            sys.meta_path.remove(_finder)
-        for name in MODULES:
+        for finder in (_finder, _fallback_finder):
+            if finder in sys.meta_path:
+                sys.meta_path.remove(finder)
+        _finder.names = dict(MODULES)
+        for name in (*MODULES, *FALLBACKS):
             if name not in _saved:
+                # Imported through a finder (smtpd on 3.12+): forget it too.
+                if name in FALLBACKS and sys.modules.get(name) is sys.modules.get(
+                        FALLBACKS[name], ()):
+                    del sys.modules[name]
                 continue
             previous = _saved.pop(name)
             if previous is None:

@@ -9,8 +9,9 @@ these differences, none of which a program can observe through the API:
   when a terminator is split across reads), and nothing is re-sliced per
   message.  A partial send keeps a :class:`memoryview` of the rest.
 * **Replies go out together.**  Data pushed while the channel's own
-  ``handle_read()`` runs (the replies to one read's requests) is sent in one
-  ``send()`` when the read is handled, instead of one ``send()`` per push;
+  ``handle_read()`` runs for the loop (the replies to one read's requests)
+  is sent in one ``send()`` when the read is handled, instead of one
+  ``send()`` per push;
   queued items are likewise joined up to ``ac_out_buffer_size``.  The bytes
   and their order on the wire are the same.  Not for a class that
   overrides ``send()``, ``initiate_send()`` or ``writable()``: those get
@@ -38,6 +39,7 @@ from __future__ import annotations
 import operator
 from typing import Any, Dict, List, Optional, Union
 
+from . import dispatch as _events
 from .channel import dispatcher, managed_predicate, observed, overridable
 from .dispatch import REraised
 from .producers import (
@@ -303,7 +305,8 @@ class async_chat(dispatcher):
             return
         self._ac_buf = buf
         self._ac_pos = 0
-        if self._ac_coalesce and self._ac_batch is None and self._pc_connected:
+        if (self._ac_coalesce and _events.dispatching and self._ac_batch is None
+                and self._pc_connected):
             self._ac_batch = []
             try:
                 self._scan_input()

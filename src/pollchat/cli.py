@@ -119,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [OPTIONS] (SCRIPT | -m MODULE) [ARGS...]",
         description=_para("Run an asyncore/asynchat program without editing it: 'import "
                           "asyncore' and 'import asynchat' give pollchat's modules (also on "
-                          "Python 3.12+, where the standard library has none), on the chosen "
-                          "backend, with the soft open-file limit raised to the hard limit "
-                          "first."))
+                          "Python 3.12+, where the standard library has none), and 'import "
+                          "smtpd' gives pollchat.smtpd where the interpreter has no smtpd; "
+                          "on the chosen backend, with the soft open-file limit raised to the "
+                          "hard limit first."))
     _add_backend_option(run)
     run.add_argument("--no-raise-fd-limit", dest="raise_fd_limit", action="store_false",
                      help="leave the soft open-file limit (RLIMIT_NOFILE) as it is")

@@ -50,6 +50,12 @@ class ExitNow(Exception):
 #: Exceptions that are never handed to ``handle_error()``.
 REraised: Tuple[type, ...] = (ExitNow, KeyboardInterrupt, SystemExit)
 
+#: How many loop passes are dispatching events right now (in any thread).
+#: Channels hold back and join the replies of one read only inside a pass:
+#: code that calls ``handle_read()`` itself (test suites on fake sockets)
+#: sees one ``send()`` per ``push()``, as with CPython.
+dispatching = 0
+
 
 def strerror(err: int) -> str:
     """``os.strerror(err)``, never failing (bpo-8573)."""

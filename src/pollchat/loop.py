@@ -30,6 +30,7 @@ import os
 import threading
 from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, Union
 
+from . import dispatch as _events
 from . import maps
 from .backends import NVAL, READ, Backend, event_names, make_backend
 from .dispatch import ErrorPolicy, REraised
@@ -401,6 +402,13 @@ class Loop:
             self._owner = None
 
     def _dispatch(self, events: Any) -> None:
+        _events.dispatching += 1
+        try:
+            self._dispatch_events(events)
+        finally:
+            _events.dispatching -= 1
+
+    def _dispatch_events(self, events: Any) -> None:
         """Hand each ready fd's events to its channel.  The hot path: per
         event two dict lookups and one call (three for anything but READ).
 
