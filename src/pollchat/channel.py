@@ -53,6 +53,25 @@ logger = logging.getLogger("pollchat")
 # the same).  CPython's asyncore sent them to handle_error(), which closed it.
 _ACCEPT_RESOURCE_ERRNOS = frozenset({EMFILE, ENFILE, ENOBUFS, ENOMEM})
 
+# ---- issue 15 hook (pollchat.accepting, pollchat.workers) --------------------------
+# In a worker process of ``pollchat run --workers`` / ``pollchat.workers.serve``
+# this is the worker's hooks object: ``bind(dispatcher, addr)`` binds stream
+# sockets through the master (listeners shared by every worker), and every
+# listener accepts through an accept queue (a shared listener wakes every
+# worker; the losers must not see a spurious accept).  ``None`` otherwise.
+_worker: Optional[Any] = None
+
+
+def _accept_queue(listener: dispatcher) -> Any:
+    """The listener's accept queue (pollchat.accepting), made on first use."""
+    queue = listener._accept_queue
+    if queue is None:
+        from .accepting import AcceptQueue
+
+        queue = listener._accept_queue = AcceptQueue(listener)
+    return queue
+# ---- end of issue 15 hook ------------------------------------------------------------
+
 
 def strerror(err: int) -> str:
     """``os.strerror(err)``, never failing (bpo-8573)."""
@@ -107,6 +126,15 @@ class dispatcher:
     #: restores CPython's behaviour: the error goes to ``handle_error()``.
     accept_backoff: Optional[float] = 0.25
     _accept_failing = False
+    # ---- issue 15 hook: see pollchat.accepting ----
+    #: Expect a PROXY protocol (v1 or v2) header on every connection this
+    #: listener accepts: ``accept()`` then returns the client's address from
+    #: the header, and a socket whose ``getpeername()`` says the same.
+    proxy_protocol = False
+    #: Seconds a connection has to send its whole PROXY header.
+    proxy_protocol_timeout: float = 10.0
+    _accept_queue: Optional[Any] = None
+    # ---- end of issue 15 hook ----
 
     def __init__(self, sock: Optional[socket.socket] = None,
                  map: Optional[Dict[Any, Any]] = None) -> None:
@@ -232,6 +260,8 @@ class dispatcher:
 
     def bind(self, addr: Any) -> None:
         self.addr = addr
+        if _worker is not None:  # issue 15 hook: a worker's listeners are shared
+            return _worker.bind(self, addr)  # type: ignore[no-any-return]
         return self.socket.bind(addr)
 
     def connect(self, address: Any) -> None:
@@ -257,6 +287,13 @@ class dispatcher:
     def accept(self) -> Optional[Tuple[socket.socket, Any]]:
         """Accept a connection: ``(sock, addr)``, or ``None`` if there was none
         after all (another process took it, or the peer gave up)."""
+        if self.proxy_protocol or _worker is not None:  # issue 15 hook
+            return _accept_queue(self).accept()  # type: ignore[no-any-return]
+        return self._accept_socket()
+
+    def _accept_socket(self) -> Optional[Tuple[socket.socket, Any]]:
+        """``accept()`` on the socket itself (what ``accept()`` is without an
+        accept queue)."""
         try:
             conn, addr = self.socket.accept()
         except TypeError:
@@ -376,7 +413,10 @@ class dispatcher:
     def handle_read_event(self) -> None:
         if self.accepting:
             # A listener is readable when a connection is waiting.
-            self.handle_accept()
+            if self.proxy_protocol or _worker is not None:  # issue 15 hook
+                _accept_queue(self).listener_ready()
+            else:
+                self.handle_accept()
         elif not self.connected:
             if self.connecting:
                 self.handle_connect_event()
