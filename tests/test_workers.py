@@ -21,7 +21,7 @@ import time
 import psutil
 import pytest
 
-from pollchat import workers
+from pollchat import asyncore, channel, workers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GREETER = os.path.join(HERE, "worker_prog", "greeter.py")
@@ -174,6 +174,40 @@ def test_the_legacy_accept_idiom_never_sees_none(start):
     assert len(master.workers()) == 2
 
 
+class LegacyListener(asyncore.dispatcher):
+    """What greeter.py's listener does, in-process: ``conn, addr = self.accept()``."""
+
+    def __init__(self, loop):
+        super().__init__(map=loop.map)
+        self.calls = []
+        self.create_socket()
+        self.bind(("127.0.0.1", 0))
+        self.listen(5)
+
+    def handle_accept(self):
+        conn, addr = self.accept()
+        self.calls.append(addr)
+        conn.close()
+
+
+def test_a_spurious_wake_up_of_a_shared_listener_is_not_reported(loop, monkeypatch):
+    # Every worker's loop watches the shared listener; when one connection
+    # arrives they may all be told, and all but one find nothing to accept.
+    # In a worker the listener accepts first and calls handle_accept() only
+    # with a connection in hand.
+    listener = LegacyListener(loop)
+    monkeypatch.setattr(channel, "_worker", object())  # as in a worker process
+    listener.handle_read_event()  # readable, but another worker took the connection
+    assert listener.calls == []
+    client = socket.create_connection(listener.socket.getsockname(), timeout=WAIT)
+    deadline = time.monotonic() + WAIT
+    while not listener.calls:
+        assert time.monotonic() < deadline
+        loop.run_once(0.05)
+    assert listener.calls == [client.getsockname()]
+    client.close()
+
+
 # -- restarts --------------------------------------------------------------------------
 
 
@@ -203,6 +237,25 @@ def test_a_killed_worker_is_replaced_and_service_continues(start):
     # The dead worker was reaped: no zombie child.
     statuses = [p.status() for p in psutil.Process(master.pid).children()]
     assert psutil.STATUS_ZOMBIE not in statuses
+
+
+@pytest.mark.timeout(90)
+def test_connections_wait_for_a_restarted_worker_instead_of_being_refused(start):
+    # One worker: while it is dead, only the master's copy of the listening
+    # socket keeps connections queued rather than refused.
+    master = start("--workers", "1", GREETER, "0")
+    port = master.port(listeners=1)
+    listening = time.monotonic()
+    (worker,) = master.workers()
+    process = psutil.Process(worker)
+    # Past the start-up window, so that its death is not a death at start
+    # (with one worker, that would make the master give up).
+    master.wait_for(lambda: time.monotonic() - listening > workers.READY_AFTER + 0.5,
+                    "the worker to be past its start")
+    os.kill(worker, signal.SIGKILL)
+    process.wait(WAIT)
+    pid, _ = greet(port, timeout=WAIT)  # connects at once; answered once restarted
+    assert pid != worker and pid in master.workers()
 
 
 @pytest.mark.timeout(90)

@@ -24,8 +24,6 @@ the process and talks to the master:
 from __future__ import annotations
 
 import atexit
-import collections
-import json
 import logging
 import os
 import select
@@ -35,136 +33,24 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 from . import channel as _channel
 from . import loop as _loop
+from ._sharing import WorkerHooks
 from .accepting import HeaderReader
 from .dispatch import REraised
 
-__all__ = ["WorkerHooks", "receive_message", "run_worker", "send_message"]
+__all__ = ["StopWatcher", "run_worker"]
 
 logger = logging.getLogger("pollchat.workers")
 
-#: Seconds a worker waits for the master to answer a request.
-CONTROL_TIMEOUT = 30.0
 #: Seconds between two looks at the channels of a stopping loop.
 SWEEP_INTERVAL = 0.05
 #: A stopping worker exits by itself this long after the master's deadline
 #: (the master kills it at the deadline; this covers a master that is gone).
 SELF_EXIT_MARGIN = 1.0
-MAX_MESSAGE = 65536
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-# -- messages between master and worker ------------------------------------------------
-
-
-def send_message(sock: socket.socket, message: Dict[str, Any], fds: Sequence[int] = ()) -> None:
-    """Send one JSON message (and file descriptors) on a message socket."""
-    data = json.dumps(message).encode("utf-8")
-    if fds:
-        socket.send_fds(sock, [data], list(fds))
-    else:
-        sock.send(data)
-
-
-def receive_message(sock: socket.socket) -> Tuple[Dict[str, Any], List[int]]:
-    """Receive one message and the fds sent with it (the caller owns them).
-
-    Raises:
-        EOFError: the other side closed its end.
-        ValueError: not a JSON object (the fds are closed).
-    """
-    data, fds, _flags, _address = socket.recv_fds(sock, MAX_MESSAGE, 4)
-    if not data:
-        for fd in fds:
-            os.close(fd)
-        raise EOFError("the other process closed the control socket")
-    try:
-        message = json.loads(data.decode("utf-8"))
-        if not isinstance(message, dict):
-            raise ValueError("not a JSON object")
-    except ValueError:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return message, list(fds)
-
-
-# -- binding through the master -----------------------------------------------------------
-
-
-def _shareable(sock: Any, address: Any) -> bool:
-    """A TCP socket bound to ``(host, port, ...)``: what the workers share."""
-    return (isinstance(sock, socket.socket) and sock.type == socket.SOCK_STREAM
-            and sock.family in (socket.AF_INET, socket.AF_INET6)
-            and isinstance(address, tuple) and len(address) >= 2
-            and isinstance(address[1], int) and not isinstance(address[1], bool))
-
-
-class WorkerHooks:
-    """Installed as ``pollchat.channel._worker`` in a worker process.
-
-    Args:
-        control: this worker's end of its message socket to the master.
-    """
-
-    def __init__(self, control: socket.socket) -> None:
-        self.control = control
-        control.settimeout(CONTROL_TIMEOUT)
-        self._lock = threading.Lock()  # one request at a time on the socket
-        # Binds to port 0 made so far, per address: the n-th one of each
-        # worker shares the n-th listener (every worker runs the same program).
-        self._ephemeral: Dict[Tuple[int, str], int] = collections.Counter()
-
-    def bind(self, channel: Any, address: Any) -> None:
-        """``channel.bind(address)`` in a worker.
-
-        Raises:
-            OSError: the bind failed (with the kernel's errno, as a local
-                bind would), or the master did not answer.
-        """
-        sock = channel.socket
-        if not _shareable(sock, address):
-            sock.bind(address)  # unix sockets, UDP...: each worker its own
-            return
-        nth = 0
-        if address[1] == 0:
-            key = (int(sock.family), repr(address))
-            nth = self._ephemeral[key]
-            self._ephemeral[key] = nth + 1
-        request = {"op": "bind", "family": int(sock.family), "type": int(sock.type),
-                   "proto": sock.proto, "address": list(address), "nth": nth}
-        reply, fds = self._request(request, [sock.fileno()])
-        if not reply.get("ok"):
-            for fd in fds:
-                os.close(fd)
-            raise OSError(reply.get("errno"), reply.get("strerror", "bind failed"))
-        if fds:
-            _adopt(channel, sock, fds[0])
-
-    def _request(self, message: Dict[str, Any], fds: Sequence[int]
-                 ) -> Tuple[Dict[str, Any], List[int]]:
-        with self._lock:
-            try:
-                send_message(self.control, message, fds)
-                return receive_message(self.control)
-            except (OSError, EOFError, ValueError) as exc:
-                raise OSError(f"pollchat worker: no answer from the master process to a "
-                              f"{message['op']} request: {exc}") from None
-
-
-def _adopt(channel: Any, sock: socket.socket, shared_fd: int) -> None:
-    """Make ``sock`` (the channel's socket) the shared listener: the same fd
-    number, now naming the master's socket.  The channel leaves its map and
-    joins it again so that the loop registers the new open file."""
-    channel.del_channel()
-    try:
-        os.dup2(shared_fd, sock.fileno(), inheritable=False)
-    finally:
-        os.close(shared_fd)
-    channel.set_socket(sock)
 
 
 # -- a clean slate -------------------------------------------------------------------------
