@@ -368,6 +368,19 @@ def test_sighup_restarts_every_worker_without_refusing_a_connection(start, proxy
 
 
 @pytest.mark.timeout(60)
+def test_a_stop_signal_taken_by_another_thread_still_stops_the_worker(start):
+    # The kernel gives SIGTERM to a thread of the program, not to the main
+    # thread, which sits in a poll of up to 30 s: the signal must still reach
+    # the stop watcher at once (signal.set_wakeup_fd), not after the poll.
+    master = start("--workers", "1", GREETER, "0", "other-thread")
+    master.port(listeners=1)
+    started = time.monotonic()
+    os.kill(master.pid, signal.SIGTERM)
+    assert master.proc.wait(WAIT) == 0, master.log()
+    assert time.monotonic() - started < 10, master.log()
+
+
+@pytest.mark.timeout(60)
 def test_sigint_stops_cleanly_like_sigterm(start):
     master = start("--workers", "2", GREETER, "0")
     master.port()
@@ -427,6 +440,35 @@ def test_workers_get_fresh_loops_and_leave_the_masters_alone(start, tmp_path):
         still = sorted(int(line.split()[1]) for line in f if line.startswith("tfd:"))
     assert still == parent["expected"]
     assert "channels exist before the workers start" in master.log()
+    os.kill(master.pid, signal.SIGTERM)
+    assert master.proc.wait(WAIT) == 0, master.log()
+
+
+@pytest.mark.timeout(60)
+def test_readme_serve_example(start, tmp_path):
+    with open(os.path.join(os.path.dirname(HERE), "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    echo = re.search(r"## An echo server in 20 lines\n\n```python\n(.*?)```", readme, re.S)
+    serve = re.search(r"The echo server above, on every core.*?```python\n(.*?)```", readme, re.S)
+    lines = echo.group(1).rstrip("\n").split("\n")
+    assert lines[-2:] == ["EchoServer(7001)", "asyncore.loop()"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    program = "\n".join(lines[:-2]) + "\n" + serve.group(1).replace("7001", str(port))
+    (tmp_path / "echo_workers.py").write_text(program)
+    master = start(command=[sys.executable, str(tmp_path / "echo_workers.py")])
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            client = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+            break
+        except ConnectionRefusedError:  # not listening yet
+            assert time.monotonic() < deadline, master.log()
+            time.sleep(0.05)
+    with client:
+        client.sendall(b"hello\n")
+        assert client.makefile("rb").readline() == b"hello\n"
     os.kill(master.pid, signal.SIGTERM)
     assert master.proc.wait(WAIT) == 0, master.log()
 

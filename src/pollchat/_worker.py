@@ -158,40 +158,58 @@ class StopWatcher:
     graceful stop of every loop of this process.
 
     Signal handlers run in the main thread between any two bytecodes, maybe
-    inside the loop's own bookkeeping: they only write a byte to a pipe.  This
-    thread waits for it and schedules the stop with
-    ``loop.call_soon_threadsafe()``.  Loops created later (a program still
-    starting up) are stopped as they appear.  If the process is still alive
-    ``graceful_timeout`` (plus a margin) seconds later, it exits with status 1.
+    inside the loop's own bookkeeping: they only write the signal's number to
+    a pipe, which is also the process's ``signal.set_wakeup_fd``: when the
+    kernel hands the signal to another thread of the program, the C-level
+    handler writes it at once, while the main thread may sit in a long poll.
+    This thread waits for a stop signal's number and schedules the stop with
+    ``loop.call_soon_threadsafe()``, which wakes the loop.  Loops created
+    later (a program still starting up) are stopped as they appear.  If the
+    process is still alive ``graceful_timeout`` (plus a margin) seconds
+    later, it exits with status 1.
     """
 
     def __init__(self, graceful_timeout: float, master_alive_fd: Optional[int]) -> None:
         self.graceful_timeout = graceful_timeout
         self._alive_fd = master_alive_fd
         self._r, self._w = os.pipe()
-        os.set_blocking(self._w, False)
+        os.set_blocking(self._w, False)  # set_wakeup_fd() needs a non-blocking fd
         self._thread = threading.Thread(target=self._run, name="pollchat-stop-watcher",
                                          daemon=True)
 
     def start(self) -> None:
+        """Install the signal handlers and start watching."""
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self.request_stop)
+        signal.signal(signal.SIGHUP, _ignore_signal)
+        signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
         self._thread.start()
 
-    def request_stop(self, signum: int = 0, frame: Any = None) -> None:
+    def request_stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
         """Ask for a graceful stop.  Safe in a signal handler."""
         try:
-            os.write(self._w, b"s")
+            os.write(self._w, bytes([signum]))
         except OSError:
             pass  # the pipe is full: a stop is already requested
+
+    def _wait_for_stop(self) -> str:
+        """Block until a stop signal's number arrives or the master is gone
+        (any other signal's number is ignored); say which."""
+        fds = [self._r] + ([self._alive_fd] if self._alive_fd is not None else [])
+        while True:
+            ready, _, _ = select.select(fds, [], [])
+            if self._r in ready:
+                if any(signum in STOP_SIGNALS for signum in os.read(self._r, 512)):
+                    return "asked to stop"
+            elif ready:
+                return "the master process is gone"
 
     def _run(self) -> None:
         # Signals must reach the main thread, whose handlers write the pipe
         # (and interrupt a blocking poll there), never this one.
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {*STOP_SIGNALS, signal.SIGHUP})
-        fds = [self._r] + ([self._alive_fd] if self._alive_fd is not None else [])
-        ready, _, _ = select.select(fds, [], [])
-        reason = "asked to stop" if self._r in ready else "the master process is gone"
-        logger.info("worker %d: %s", os.getpid(), reason)
+        logger.info("worker %d: %s", os.getpid(), self._wait_for_stop())
         deadline = time.monotonic() + self.graceful_timeout + SELF_EXIT_MARGIN
         told: List[_loop.Loop] = []
         while True:
@@ -251,9 +269,6 @@ def run_worker(target: Callable[[], int], control: socket.socket,
     status = 1
     try:
         watcher = StopWatcher(graceful_timeout, master_alive_fd)
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, watcher.request_stop)
-        signal.signal(signal.SIGHUP, _ignore_signal)
         dropped = _forget_parent_loops()
         if dropped:
             logger.debug("worker %d: dropped %d channels inherited from the master",

@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "sender told (default: %(default)s)")
     chat.add_argument("--no-raise-fd-limit", dest="raise_fd_limit", action="store_false",
                       help="leave the soft open-file limit (RLIMIT_NOFILE) as it is")
-    _add_proxy_option(chat, "(behind a load balancer)")
+    _add_proxy_option(chat, "the server accepts")
     chat.add_argument("-v", "--verbose", action="store_true",
                       help="log every line and nick change too (DEBUG)")
     return parser

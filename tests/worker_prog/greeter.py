@@ -4,13 +4,17 @@ with ``python -m pollchat run --workers N greeter.py PORT``.
 Every connection is greeted with ``<worker pid> <peer address>`` (the peer as
 ``accept()`` reported it).  Then each line is echoed, except ``BIG n``, which
 pushes ``n`` bytes of ``x`` then ``\\nEND\\n`` in one ``push()``.  Each worker
-prints ``PORT <port> <pid>`` once it listens.
+prints ``PORT <port> <pid>`` once it listens.  Extra arguments: ``crash``
+(raise at start), ``other-thread`` (SIGTERM reaches a thread of its own).
 """
 
 import asynchat
 import asyncore
 import os
+import signal
 import sys
+import threading
+import time
 
 
 class Session(asynchat.async_chat):
@@ -48,7 +52,12 @@ class Server(asyncore.dispatcher):
         Session(conn, addr)
 
 
-if len(sys.argv) > 2 and sys.argv[2] == "crash":
+if "crash" in sys.argv[2:]:
     raise RuntimeError("this program crashes at start")
+if "other-thread" in sys.argv[2:]:
+    # Only a thread of the program's own can take SIGTERM: the main thread
+    # blocks it (the thread, started first, does not).
+    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 Server(int(sys.argv[1]))
-asyncore.loop()
+asyncore.loop()  # each pass waits up to 30 s
