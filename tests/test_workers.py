@@ -8,6 +8,7 @@ group is left.
 """
 
 import collections
+import errno
 import json
 import os
 import re
@@ -365,6 +366,56 @@ def test_sighup_restarts_every_worker_without_refusing_a_connection(start, proxy
     assert old & set(answers)
     log = master.log()
     assert log.count("stopped") >= 2 and "restart abandoned" not in log
+
+
+@pytest.mark.timeout(90)
+def test_a_rolling_restart_into_code_that_crashes_keeps_the_old_workers(start, tmp_path):
+    broken = tmp_path / "broken"
+    master = start("--workers", "2", GREETER, "0", f"crash-if={broken}")
+    port = master.port()
+    old = master.workers()
+    broken.touch()  # "deploy" a version that dies at start
+    os.kill(master.pid, signal.SIGHUP)
+    master.wait_for(lambda: "restart abandoned; the running workers stay" in master.log(),
+                    "the restart to be abandoned")
+    assert master.workers() == old
+    assert {greet(port)[0] for _ in range(20)} <= old
+    broken.unlink()  # fixed: the next SIGHUP goes through
+    os.kill(master.pid, signal.SIGHUP)
+    master.wait_for(lambda: "every worker was restarted" in master.log(), "a restart")
+    os.kill(master.pid, signal.SIGTERM)
+    assert master.proc.wait(WAIT) == 0, master.log()
+
+
+@pytest.mark.timeout(60)
+def test_a_bind_error_reaches_the_program_as_its_own(start):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        master = start("--workers", "2", GREETER, str(port))
+        assert master.proc.wait(WAIT) == workers.EXIT_GAVE_UP
+    log = master.log()
+    assert "OSError: [Errno %d] Address already in use" % errno.EADDRINUSE in log, log
+    assert "every worker died at start" in log
+
+
+@pytest.mark.timeout(60)
+def test_a_second_sigterm_kills_the_workers_at_once(start):
+    master = start("--workers", "1", "--graceful-timeout", "60", GREETER, "0")
+    port = master.port(listeners=1)
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.sendall(b"BIG 50000000\n")  # never read: the stop cannot finish
+        time.sleep(0.3)
+        os.kill(master.pid, signal.SIGTERM)
+        master.wait_for(lambda: "SIGTERM: stopping 1 worker " in master.log(), "the stop")
+        started = time.monotonic()
+        os.kill(master.pid, signal.SIGTERM)
+        assert master.proc.wait(WAIT) == workers.EXIT_UNCLEAN
+    assert time.monotonic() - started < 10
+    assert "SIGTERM again: killing the remaining 1 worker now" in master.log()
+    time.sleep(0.2)
+    assert not master.group_alive()
 
 
 @pytest.mark.timeout(60)

@@ -86,6 +86,10 @@ def check_timeout(seconds: Any) -> float:
     return float(seconds)
 
 
+def _workers(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"
+
+
 def _describe_exit(code: int) -> str:
     if code >= 0:
         return f"exited with status {code}"
@@ -179,7 +183,7 @@ class Master:
             raise RuntimeError("the workers' master must run in the main thread (signals)")
         self._open()
         try:
-            logger.info("master %d: starting %d workers", os.getpid(), len(self._slots))
+            logger.info("master %d: starting %s", os.getpid(), _workers(len(self._slots)))
             for slot in self._slots:
                 self._spawn(slot)
             while self._workers or self._phase == RUNNING:
@@ -430,16 +434,16 @@ class Master:
     def _begin_stop(self, signame: str) -> None:
         if self._phase != RUNNING:
             if self._workers:
-                logger.warning("%s again: killing the %d remaining workers now", signame,
-                               len(self._workers))
+                logger.warning("%s again: killing the remaining %s now", signame,
+                               _workers(len(self._workers)))
                 for worker in self._workers.values():
                     worker.killed = True
                     self._signal(worker, signal.SIGKILL)
                 self._status = max(self._status, EXIT_UNCLEAN)
             return
         self._phase = STOPPING_ALL
-        logger.info("%s: stopping %d workers (allowing %g s to finish)", signame,
-                    len(self._workers), self._graceful_timeout)
+        logger.info("%s: stopping %s (allowing %g s to finish)", signame,
+                    _workers(len(self._workers)), self._graceful_timeout)
         # Once the workers close theirs, new connections are refused at once
         # instead of waiting in a queue nobody will serve.
         self._listeners.close_all()
@@ -452,7 +456,7 @@ class Master:
             self._roll_again = True
             logger.info("SIGHUP: a restart is under way; another will follow it")
             return
-        logger.info("SIGHUP: restarting %d workers one by one", len(self._slots))
+        logger.info("SIGHUP: restarting %s one by one", _workers(len(self._slots)))
         self._rolling.extend(self._slots)
         self._roll_next()
 

@@ -340,7 +340,8 @@ def _run(ns: argparse.Namespace, program_args: List[str], real_cli: bool) -> int
             os.environ[_backends.ENV_VAR] = ns.backend.strip().lower()  # children inherit it
         if ns.proxy_protocol:
             _channel.dispatcher.proxy_protocol = True  # every listener of the program
-        workers = "" if ns.workers is None else f" in {ns.workers} worker processes"
+        workers = "" if ns.workers is None else \
+            f" in {ns.workers} worker process{'es' if ns.workers > 1 else ''}"
         proxy = "; PROXY protocol expected" if ns.proxy_protocol else ""
         log.info("running %s%s on the %s backend (%s)%s; %s", target, workers, backend, origin,
                  proxy, _fd_limit_report(ns.raise_fd_limit))

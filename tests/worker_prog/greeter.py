@@ -5,7 +5,8 @@ Every connection is greeted with ``<worker pid> <peer address>`` (the peer as
 ``accept()`` reported it).  Then each line is echoed, except ``BIG n``, which
 pushes ``n`` bytes of ``x`` then ``\\nEND\\n`` in one ``push()``.  Each worker
 prints ``PORT <port> <pid>`` once it listens.  Extra arguments: ``crash``
-(raise at start), ``other-thread`` (SIGTERM reaches a thread of its own).
+(raise at start), ``crash-if=PATH`` (raise at start if PATH exists),
+``other-thread`` (SIGTERM reaches a thread of its own).
 """
 
 import asynchat
@@ -54,6 +55,9 @@ class Server(asyncore.dispatcher):
 
 if "crash" in sys.argv[2:]:
     raise RuntimeError("this program crashes at start")
+for arg in sys.argv[2:]:
+    if arg.startswith("crash-if=") and os.path.exists(arg[len("crash-if="):]):
+        raise RuntimeError("this new version crashes at start")
 if "other-thread" in sys.argv[2:]:
     # Only a thread of the program's own can take SIGTERM: the main thread
     # blocks it (the thread, started first, does not).
