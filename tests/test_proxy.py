@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -529,6 +530,33 @@ def test_the_chat_server_shows_the_clients_real_address(loop, caplog):
     assert "guest1 connected from [2001:db8::42]:40000" in caplog.text
     client.close()
     server.close()
+
+
+def test_the_chat_command_with_proxy_protocol():
+    from test_chatserver import _start_chat_command
+
+    proc, port, lines = _start_chat_command("--proxy-protocol")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+            client.sendall(b"PROXY TCP4 203.0.113.5 192.0.2.1 40000 7000\r\n/who\n")
+            replies = client.makefile("rb")
+            while b"online" not in replies.readline():
+                pass
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as bad:
+                bad.sendall(b"hello\n")
+                assert closed_by_peer(bad)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+        log = "".join(lines) + proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(WAIT)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert "PROXY protocol expected" in log
+    assert "guest1 connected from 203.0.113.5:40000" in log
+    assert "no PROXY protocol header: the connection starts with b'hello\\n'" in log, log
 
 
 # -- HAProxy end to end -----------------------------------------------------------------------

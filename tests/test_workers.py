@@ -38,7 +38,6 @@ class Master:
     def __init__(self, argv, log_path, env=None):
         self.log_path = log_path
         environ = dict(os.environ)
-        environ.pop("POLLCHAT_BACKEND", None)
         environ.update(env or {})
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,

@@ -152,7 +152,6 @@ class Master:
         self._listeners = SharedListeners()
         self._phase = RUNNING
         self._status = EXIT_CLEAN
-        self._stop_deadline = 0.0
         self._signals: Deque[int] = collections.deque()
         self._rolling: Deque[_Slot] = collections.deque()
         self._replacement: Optional[_Worker] = None

@@ -8,17 +8,15 @@ the process and talks to the master:
   epoll set is shared across ``fork()``: unregistering from it here would
   unregister there too).  The program's loops are created afresh.
 * **Shared listeners.** ``dispatcher.bind()`` of a TCP socket asks the master
-  (:class:`WorkerHooks`): the first worker to bind an address has the master
-  bind *its* socket and keep a copy; the others receive that socket and take
-  it in place of theirs (``dup2`` onto the same fd number, so the program's
-  socket object and the map entry stay valid).  All workers then accept from
-  one kernel queue, which the master holds open across worker restarts.
+  (:class:`pollchat._sharing.WorkerHooks`), and every listener accepts
+  through an accept queue (:mod:`pollchat.accepting`).
 * **Graceful stop.** SIGTERM and SIGINT (or the master's death) make the
   worker stop accepting, let each channel's queued output drain (``async_chat``:
   ``close_when_done()``), and return from the program's loop once its map is
   empty.  Signal handlers only write to a pipe; a watcher thread turns that
   into ``loop.call_soon_threadsafe()``, so the stop runs inside the loop, at a
-  safe point, whatever the program was doing when the signal came.
+  safe point, whatever the program was doing when the signal came
+  (:class:`StopWatcher`).
 """
 
 from __future__ import annotations
