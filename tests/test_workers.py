@@ -21,8 +21,10 @@ import time
 
 import psutil
 import pytest
+from helpers import run_until
 
-from pollchat import asyncore, channel, workers
+from pollchat import _worker, asynchat, asyncore, channel, workers
+from pollchat.accepting import HeaderReader
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GREETER = os.path.join(HERE, "worker_prog", "greeter.py")
@@ -205,6 +207,47 @@ def test_a_spurious_wake_up_of_a_shared_listener_is_not_reported(loop, monkeypat
         assert time.monotonic() < deadline
         loop.run_once(0.05)
     assert listener.calls == [client.getsockname()]
+    client.close()
+
+
+class HelloServer(asyncore.dispatcher):
+    """Greets each client with the address accept() gave, then waits."""
+
+    proxy_protocol = True
+
+    def __init__(self, loop):
+        super().__init__(map=loop.map)
+        self.loop = loop
+        self.create_socket()
+        self.bind(("127.0.0.1", 0))
+        self.listen(5)
+
+    def handle_accepted(self, sock, addr):
+        session = asynchat.async_chat(sock, map=self.loop.map)
+        session.set_terminator(b"\n")
+        session.collect_incoming_data = lambda data: None
+        session.push(b"hello %s:%d\n" % (addr[0].encode(), addr[1]))
+
+
+def test_a_graceful_stop_still_serves_headers_on_their_way(loop):
+    # A stopping worker closes its listeners at once, but a connection it
+    # accepted whose PROXY header is still arriving is served, then closed
+    # once its output is sent; the loop stops when nothing is left.
+    server = HelloServer(loop)
+    client = socket.create_connection(server.socket.getsockname(), timeout=WAIT)
+    client.sendall(b"PROXY TCP4 ")
+    run_until(loop, lambda: any(isinstance(ch, HeaderReader) for ch in loop.map.values()))
+    _worker._Drain(loop).start()
+    assert not server.accepting and server not in loop.map.values()
+    client.sendall(b"203.0.113.7 198.51.100.1 51234 443\r\n")
+    run_until(loop, lambda: not loop.map)
+    received = b""
+    while True:
+        chunk = client.recv(100)
+        if not chunk:
+            break
+        received += chunk
+    assert received == b"hello 203.0.113.7:51234\n"
     client.close()
 
 
