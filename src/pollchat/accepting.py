@@ -158,7 +158,7 @@ class AcceptQueue:
     """The connections a listener's ``accept()`` may return, and the
     connections still sending their PROXY header.
 
-    Made by the listener on first use (``pollchat.channel._accept_queue``);
+    Made by the listener on first use (``pollchat.channel._accept_queue_of``);
     lives as long as the listener.  Runs in the listener's loop only.
     """
 

@@ -62,7 +62,7 @@ _ACCEPT_RESOURCE_ERRNOS = frozenset({EMFILE, ENFILE, ENOBUFS, ENOMEM})
 _worker: Optional[Any] = None
 
 
-def _accept_queue(listener: dispatcher) -> Any:
+def _accept_queue_of(listener: dispatcher) -> Any:
     """The listener's accept queue (pollchat.accepting), made on first use."""
     queue = listener._accept_queue
     if queue is None:
@@ -288,7 +288,7 @@ class dispatcher:
         """Accept a connection: ``(sock, addr)``, or ``None`` if there was none
         after all (another process took it, or the peer gave up)."""
         if self.proxy_protocol or _worker is not None:  # issue 15 hook
-            return _accept_queue(self).accept()  # type: ignore[no-any-return]
+            return _accept_queue_of(self).accept()  # type: ignore[no-any-return]
         return self._accept_socket()
 
     def _accept_socket(self) -> Optional[Tuple[socket.socket, Any]]:
@@ -414,7 +414,7 @@ class dispatcher:
         if self.accepting:
             # A listener is readable when a connection is waiting.
             if self.proxy_protocol or _worker is not None:  # issue 15 hook
-                _accept_queue(self).listener_ready()
+                _accept_queue_of(self).listener_ready()
             else:
                 self.handle_accept()
         elif not self.connected:
