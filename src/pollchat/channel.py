@@ -75,6 +75,24 @@ _REFUSED_LOG_INTERVAL = 10.0
 #: long as their classes) -> the slot behind it.
 _OBSERVED: Dict[int, str] = {}
 
+# In a worker process of ``pollchat run --workers`` / ``pollchat.workers.serve``
+# this is the worker's hooks object (pollchat._sharing.WorkerHooks):
+# ``bind(dispatcher, addr)`` binds stream sockets through the master
+# (listeners shared by every worker), and every listener accepts through an
+# accept queue (a shared listener wakes every worker; the losers must not see
+# a spurious accept).  ``None`` otherwise.
+_worker: Optional[Any] = None
+
+
+def _accept_queue_of(listener: dispatcher) -> Any:
+    """The listener's accept queue (pollchat.accepting), made on first use."""
+    queue = listener._accept_queue
+    if queue is None:
+        from .accepting import AcceptQueue
+
+        queue = listener._accept_queue = AcceptQueue(listener)
+    return queue
+
 
 def observed(name: str, doc: str, getter: Any = None, setter: Any = None) -> property:
     """A channel attribute whose changes its loop must hear of.
@@ -178,6 +196,14 @@ class dispatcher:
     #: of resources (``EMFILE``, ``ENFILE``, ``ENOBUFS``, ``ENOMEM``).  ``None``
     #: restores CPython's behaviour: the error goes to ``handle_error()``.
     accept_backoff: Optional[float] = 0.25
+    #: Expect a PROXY protocol (v1 or v2) header on every connection this
+    #: listener accepts: ``accept()`` then returns the client's address from
+    #: the header, and a socket whose ``getpeername()`` says the same
+    #: (:mod:`pollchat.accepting`).
+    proxy_protocol = False
+    #: Seconds a connection has to send its whole PROXY header.
+    proxy_protocol_timeout: float = 10.0
+    _accept_queue: Optional[Any] = None
 
     connected = observed("connected", "Whether the socket is connected.")
     accepting = observed("accepting", "Whether this is a listening socket.")
@@ -336,6 +362,8 @@ class dispatcher:
 
     def bind(self, addr: Any) -> Any:
         self.addr = addr
+        if _worker is not None:  # a worker's listeners are shared by every worker
+            return _worker.bind(self, addr)  # type: ignore[no-any-return]
         return self.socket.bind(addr)
 
     def connect(self, address: Any) -> None:
@@ -362,6 +390,13 @@ class dispatcher:
         """Accept a connection: ``(sock, addr)``, or ``None`` if there was none
         after all (another process took it, or the peer gave up), or if it
         was refused (its fd is too large for the loop's select backend)."""
+        if self.proxy_protocol or _worker is not None:
+            return _accept_queue_of(self).accept()  # type: ignore[no-any-return]
+        return self._accept_socket()
+
+    def _accept_socket(self) -> Optional[Tuple[Any, Any]]:
+        """``accept()`` on the socket itself (what :meth:`accept` is for a
+        listener without an accept queue)."""
         try:
             conn, addr = self.socket.accept()
         except TypeError:
@@ -408,11 +443,9 @@ class dispatcher:
             logger.warning("%r cannot accept: %s; pausing accepts, retrying every %gs",
                            self, why.strerror or why, self.accept_backoff)
         self.pause_reading()
-        loop.call_later(self.accept_backoff or 0.0, self._resume_accepting, self._fileno)
-
-    def _resume_accepting(self, fd: Any) -> None:
-        if self._fileno == fd:
-            self.resume_reading()
+        # A module function, not a method: a subclass may well have a
+        # `_resume_accepting` of its own (the chat showcase once did).
+        loop.call_later(self.accept_backoff or 0.0, _resume_accepting, self, self._fileno)
 
     # -- flow control and timeouts ---------------------------------------------
 
@@ -513,7 +546,10 @@ class dispatcher:
     def handle_read_event(self) -> None:
         if self._pc_accepting:
             # A listener is readable when a connection is waiting.
-            self.handle_accept()
+            if self.proxy_protocol or _worker is not None:
+                _accept_queue_of(self).listener_ready()
+            else:
+                self.handle_accept()
         elif not self._pc_connected:
             if self._pc_connecting:
                 self.handle_connect_event()
@@ -635,6 +671,12 @@ class dispatcher_with_send(dispatcher):
         self.initiate_send()
         if not had and self._pc_out_buffer:
             self._interest_changed()  # writable() turned true
+
+
+def _resume_accepting(listener: dispatcher, fd: Any) -> None:
+    """End an accept back-off (unless the listener was closed or re-made)."""
+    if listener._fileno == fd:
+        listener.resume_reading()
 
 
 def _check_open(sock: Any) -> None:

@@ -227,6 +227,9 @@ class ChatServer(asyncore.dispatcher):
         backend: backend name for the new loop (ignored with ``loop``).
         max_line: longest line accepted, in bytes, not counting the ending.
         max_backlog: lines queued for one client before it is dropped.
+        proxy_protocol: expect a PROXY protocol header on every connection
+            (behind HAProxy or nginx): clients are shown with the address it
+            carries.
 
     Raises:
         OSError: cannot listen there (``EADDRINUSE``...), or ``host`` does not
@@ -237,7 +240,8 @@ class ChatServer(asyncore.dispatcher):
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
                  loop: Optional[Loop] = None, backend: Union[BackendName, str, None] = None,
                  max_line: int = DEFAULT_MAX_LINE,
-                 max_backlog: int = DEFAULT_MAX_BACKLOG, listen_backlog: int = 128) -> None:
+                 max_backlog: int = DEFAULT_MAX_BACKLOG, listen_backlog: int = 128,
+                 proxy_protocol: bool = False) -> None:
         if max_line < 1:
             raise ValueError(f"max_line must be at least 1, not {max_line}")
         family, _, _, _, sockaddr = socket.getaddrinfo(
@@ -254,6 +258,7 @@ class ChatServer(asyncore.dispatcher):
         self._departures: List[Tuple[int, str]] = []
         self._clock = itertools.count()
         self._shutting_down = False
+        self.proxy_protocol = proxy_protocol
         try:
             self.create_socket(family, socket.SOCK_STREAM)
             self.set_reuse_addr()

@@ -20,6 +20,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from . import __version__
 from . import backends as _backends
+from . import channel as _channel
 from ._install import ModuleAlreadyImportedError, install, raise_fd_limit
 
 __all__ = ["build_parser", "main"]
@@ -32,10 +33,19 @@ examples:
   pollchat run -m mypackage.server            run a module, as python -m does
   pollchat run --backend poll legacy.py       pick the poller (else $POLLCHAT_BACKEND, else auto)
   python3.13 -m pollchat run /usr/lib/python3.11/smtpd.py -n -c DebuggingServer 127.0.0.1:8025
+  pollchat run --workers auto server.py       one worker process per CPU, sharing its listeners
+  pollchat run --workers 4 --proxy-protocol server.py   behind HAProxy (send-proxy-v2)
 
 Options go before SCRIPT or -m MODULE; everything after belongs to the program.
 The program sees sys.argv, __main__ and sys.path as under python itself, and its
-exit status and tracebacks are its own."""
+exit status and tracebacks are its own.
+
+With --workers, a master process runs the program in N worker processes that
+share its TCP listeners. Signals to the master: SIGTERM or Ctrl-C stops the
+workers gracefully (they stop accepting and send what is queued; killed after
+--graceful-timeout), SIGHUP restarts them one by one. Exit status: 0 for a
+clean stop, 1 if a worker had to be killed or failed, 3 if every worker died
+at start (the program's error is above it)."""
 
 BACKENDS_EXAMPLES = """\
 examples:
@@ -53,7 +63,7 @@ commands for clients: /nick NAME, /who, /quit [MESSAGE], /help; anything else is
 sent to everyone. Ctrl-C stops the server (clients are told)."""
 
 # pollchat run's own options; the first other token is the program.
-_RUN_OPTIONS_WITH_VALUE = ("--backend",)
+_RUN_OPTIONS_WITH_VALUE = ("--backend", "--workers", "--graceful-timeout")
 
 
 class _CliError(Exception):
@@ -82,6 +92,33 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def _workers(text: str) -> int:
+    from .workers import parse_workers
+
+    try:
+        return parse_workers(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def _add_proxy_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--proxy-protocol", action="store_true",
+        help=f"expect a PROXY protocol v1/v2 header (HAProxy send-proxy[-v2], nginx "
+             f"proxy_protocol) on every connection {what}, and report the client's address "
+             f"it carries; a connection without a valid one is closed")
 
 
 def _add_backend_option(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true",
                      help="no 'pollchat: ...' line on stderr before the program starts "
                           "(warnings are still given)")
+    run.add_argument("--workers", type=_workers, metavar="N",
+                     help="run the program in N worker processes (a number, or 'auto' for "
+                          "one per CPU) under a master that shares their listeners, "
+                          "restarts them, and stops them gracefully")
+    run.add_argument("--graceful-timeout", type=_seconds, metavar="SECONDS",
+                     help="with --workers: how long a stopping worker may take to send what "
+                          "is queued before it is killed (default: 30)")
+    _add_proxy_option(run, "the program accepts")
     run.add_argument("-m", dest="module", metavar="MODULE",
                      help="run library module MODULE as a script, as python -m does")
     run.add_argument("script", nargs="?", metavar="SCRIPT", help="the program's file")
@@ -159,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "sender told (default: %(default)s)")
     chat.add_argument("--no-raise-fd-limit", dest="raise_fd_limit", action="store_false",
                       help="leave the soft open-file limit (RLIMIT_NOFILE) as it is")
+    _add_proxy_option(chat, "the server accepts")
     chat.add_argument("-v", "--verbose", action="store_true",
                       help="log every line and nick change too (DEBUG)")
     return parser
@@ -311,31 +357,51 @@ def _run(ns: argparse.Namespace, program_args: List[str], real_cli: bool) -> int
     if ns.module is None and not os.path.exists(ns.script):
         raise _CliError(f"can't open file {os.path.abspath(ns.script)!r}: "
                         f"[Errno 2] No such file or directory", 2)
+    if ns.graceful_timeout is not None and ns.workers is None:
+        raise _CliError("--graceful-timeout applies to worker processes: give --workers too", 2)
     try:
         install()
     except ModuleAlreadyImportedError as exc:
         raise _CliError(str(exc)) from None
 
     log = logging.getLogger("pollchat.cli")
-    handler = _log_to_stderr("pollchat.cli", "pollchat: %(message)s",
-                             logging.WARNING if ns.quiet else logging.INFO)
+    level = logging.WARNING if ns.quiet else logging.INFO
+    # pollchat's own lines: the command's, the workers' master, refused PROXY headers.
+    handlers = [(name, _log_to_stderr(name, "pollchat: %(message)s", level))
+                for name in ("pollchat.cli", "pollchat.workers", "pollchat.proxy")]
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     saved_env = os.environ.get(_backends.ENV_VAR)
+    saved_proxy = _channel.dispatcher.proxy_protocol
     try:
         if ns.backend is not None:
             os.environ[_backends.ENV_VAR] = ns.backend.strip().lower()  # children inherit it
-        log.info("running %s on the %s backend (%s); %s", target, backend, origin,
-                 _fd_limit_report(ns.raise_fd_limit))
+        if ns.proxy_protocol:
+            _channel.dispatcher.proxy_protocol = True  # every listener of the program
+        workers = "" if ns.workers is None else \
+            f" in {ns.workers} worker process{'es' if ns.workers > 1 else ''}"
+        proxy = "; PROXY protocol expected" if ns.proxy_protocol else ""
+        log.info("running %s%s on the %s backend (%s)%s; %s", target, workers, backend, origin,
+                 proxy, _fd_limit_report(ns.raise_fd_limit))
         _warn_of_fd_cap(log, backend, "program", "connections")
-        return _run_program(ns.module, ns.script, program_args, real_cli)
+        if ns.workers is None:
+            return _run_program(ns.module, ns.script, program_args, real_cli)
+        from .workers import DEFAULT_GRACEFUL_TIMEOUT, Master
+
+        def run_in_worker() -> int:
+            return _run_program(ns.module, ns.script, program_args, False)
+
+        timeout = ns.graceful_timeout or DEFAULT_GRACEFUL_TIMEOUT
+        return Master(run_in_worker, ns.workers, timeout).run()
     finally:
         sys.argv[:] = saved_argv
         sys.path[:] = saved_path
+        _channel.dispatcher.proxy_protocol = saved_proxy
         if saved_env is None:
             os.environ.pop(_backends.ENV_VAR, None)
         else:
             os.environ[_backends.ENV_VAR] = saved_env
-        logging.getLogger("pollchat.cli").removeHandler(handler)
+        for name, handler in handlers:
+            logging.getLogger(name).removeHandler(handler)
 
 
 def _run_program(module: Optional[str], script: Optional[str], args: List[str],
@@ -495,15 +561,17 @@ def _chat(ns: argparse.Namespace) -> int:
     log = logging.getLogger("pollchat.chat")
     limit_text = _fd_limit_report(ns.raise_fd_limit)
     try:
-        server = ChatServer(ns.host, ns.port, backend=backend, max_line=ns.max_line)
+        server = ChatServer(ns.host, ns.port, backend=backend, max_line=ns.max_line,
+                            proxy_protocol=ns.proxy_protocol)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         host = f"[{ns.host}]" if ":" in ns.host else ns.host
         raise _CliError(f"cannot listen on {host}:{ns.port}: {reason}") from None
     host, port = server.address
     shown = f"[{host}]" if ":" in host else host
-    log.info("listening on %s:%d (backend %s, %s; max line %d bytes); %s; Ctrl-C to stop",
-             shown, port, backend, origin, ns.max_line, limit_text)
+    log.info("listening on %s:%d (backend %s, %s; max line %d bytes%s); %s; Ctrl-C to stop",
+             shown, port, backend, origin, ns.max_line,
+             "; PROXY protocol expected" if ns.proxy_protocol else "", limit_text)
     _warn_of_fd_cap(log, backend, "server", "clients")
 
     def terminate(signum: int, frame: Any) -> None:
