@@ -2,6 +2,7 @@
 
 Usage: python conformance_runner.py TEST_FILE [--standin kqueue|devpoll]
                                     [--divergence TEST_NAME=REASON ...]
+                                    [--select PATTERN ...]
 
 ``pollchat.asyncore``/``pollchat.asynchat`` are put in ``sys.modules`` under
 the standard names first, so the test file's ``import asyncore`` gets ours
@@ -11,7 +12,9 @@ The backend comes from ``POLLCHAT_BACKEND``; ``--standin`` first installs a
 stand-in kernel object (tests/standins.py) for a backend Linux lacks.
 ``--divergence`` marks a CPython test as skipped, with its reason, where a
 backend documents that it cannot do what the test asserts (README: "What
-differs").  Exit status 0 when every other test passed.
+differs").  ``--select`` runs only the tests matching a pattern (unittest's
+``-k``): the asyncore parts of a larger file such as test_ssl.py.  Exit
+status 0 when every other test passed.
 """
 
 import argparse
@@ -27,6 +30,7 @@ def main() -> int:
     parser.add_argument("--standin", choices=("kqueue", "devpoll"))
     parser.add_argument("--divergence", action="append", default=[],
                         metavar="TEST_NAME=REASON")
+    parser.add_argument("--select", action="append", default=[], metavar="PATTERN")
     args = parser.parse_args()
 
     if args.standin:
@@ -57,7 +61,10 @@ def main() -> int:
 
     from pollchat import get_loop
 
-    result = unittest.main(module=module, argv=["conformance", "-v"], exit=False).result
+    argv = ["conformance", "-v"]
+    for pattern in args.select:
+        argv += ["-k", pattern]
+    result = unittest.main(module=module, argv=argv, exit=False).result
     # Prove the tests ran on the backend we meant (a loop may be gone by now:
     # make one for an empty map and ask).
     probe = get_loop({})

@@ -35,6 +35,7 @@ from typing import Any, Dict, Optional, Tuple
 from . import loop as _loop
 from .dispatch import DISCONNECTED, REraised
 from .loop import managed_interest
+from .tls import TLSChannelMixin, is_ssl_error, legacy_pending, legacy_send_error
 
 __all__ = ["dispatcher", "dispatcher_with_send", "file_wrapper", "file_dispatcher",
            "compact_traceback", "close_all", "strerror"]
@@ -45,6 +46,7 @@ _LEGACY_MODULES = {"pollchat.channel": "asyncore", "pollchat.asyncore": "asyncor
                    "pollchat.chat": "asynchat", "pollchat.asynchat": "asynchat"}
 
 _loops_get = _loop._loops.get
+_plain_socket = socket.socket
 
 logger = logging.getLogger("pollchat")
 
@@ -84,7 +86,7 @@ def compact_traceback() -> Tuple[Tuple[str, str, str], Any, Any, str]:
     return frames[-1], exc_type, value, info
 
 
-class dispatcher:
+class dispatcher(TLSChannelMixin):
     """A thin wrapper around a non-blocking socket, driven by the loop.
 
     Subclass it and override the ``handle_*`` methods.  See CPython's asyncore
@@ -321,9 +323,15 @@ class dispatcher:
     def send(self, data: Any) -> int:
         """Send what the socket takes now; the count sent (0 if it would block
         or the peer is gone, in which case ``handle_close()`` ran)."""
+        if self._tls is not None:  # TLS (issue 14): pollchat.tls
+            return self._tls.send(data)  # type: ignore[no-any-return]
         try:
             return self.socket.send(data)
         except OSError as why:
+            if is_ssl_error(why):  # an SSLSocket of the program's: not an OS errno
+                if legacy_send_error(why):
+                    return 0  # SSLWantWrite: the caller retries the same bytes
+                raise
             if why.errno == EWOULDBLOCK:
                 return 0
             if why.errno in DISCONNECTED:
@@ -334,20 +342,29 @@ class dispatcher:
     def recv(self, buffer_size: int) -> bytes:
         """Receive up to ``buffer_size`` bytes; on end of stream or a
         disconnect, run ``handle_close()`` and return ``b''``."""
+        if self._tls is not None:  # TLS (issue 14): pollchat.tls
+            return self._tls.recv(buffer_size)  # type: ignore[no-any-return]
+        sock = self.socket
         try:
-            data = self.socket.recv(buffer_size)
+            data = sock.recv(buffer_size)
         except OSError as why:
-            if why.errno in DISCONNECTED:
+            if why.errno in DISCONNECTED and not is_ssl_error(why):
                 self.handle_close()
                 return b""
             raise
         if not data:
             self.handle_close()
             return b""
+        if type(sock) is not _plain_socket:
+            # An SSLSocket may hold the rest of a record the kernel cannot
+            # report: have the loop come back for it (issue 14).
+            legacy_pending(self, sock)
         return data
 
     def close(self) -> None:
         """Leave the map and close the socket.  Safe to call twice."""
+        if self._tls is not None:  # TLS (issue 14): close_notify, timers
+            self._tls.closing()
         self.connected = False
         self.accepting = False
         self.connecting = False
@@ -374,6 +391,9 @@ class dispatcher:
     # -- events -----------------------------------------------------------------------
 
     def handle_read_event(self) -> None:
+        if self._tls is not None:  # TLS (issue 14): handshake, decryption
+            self._tls.handle_read_event()
+            return
         if self.accepting:
             # A listener is readable when a connection is waiting.
             self.handle_accept()
@@ -394,6 +414,9 @@ class dispatcher:
         self._interest_changed()
 
     def handle_write_event(self) -> None:
+        if self._tls is not None:  # TLS (issue 14): handshake, unsent records
+            self._tls.handle_write_event()
+            return
         if self.accepting:
             # Listeners are not watched for writes; ignore a stray event.
             return

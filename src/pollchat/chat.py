@@ -36,6 +36,7 @@ from typing import Any, Deque, Dict, List, Optional, Union
 from .channel import dispatcher
 from .dispatch import REraised
 from .loop import managed_interest
+from .tls import is_ssl_want_read
 
 __all__ = ["InputLimitExceeded", "async_chat", "simple_producer", "find_prefix_at_end"]
 
@@ -267,7 +268,9 @@ class async_chat(dispatcher):
             data = self.recv(self.ac_in_buffer_size)
         except BlockingIOError:
             return
-        except OSError:
+        except OSError as why:
+            if is_ssl_want_read(why):  # a program's SSLSocket mid-record (issue 14)
+                return
             self.handle_error()
             return
         if type(data) is not bytes:

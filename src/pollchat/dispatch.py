@@ -19,16 +19,25 @@ closes the channel quietly; any other exception goes to the channel's
 from __future__ import annotations
 
 import errno
+import sys
 from typing import Any, Optional
 
 from .backends import CLOSE_EVENTS, PRI, READ, WRITE
 
 __all__ = ["DISCONNECTED", "ExitNow", "REraised", "call_handler", "dispatch", "read", "write",
-           "exception"]
+           "exception", "is_ssl_error"]
 
 #: errnos that mean the connection is gone: the channel is closed, no traceback.
 DISCONNECTED = frozenset({errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN,
                           errno.ECONNABORTED, errno.EPIPE, errno.EBADF})
+
+
+def is_ssl_error(exc: BaseException, kind: str = "SSLError") -> bool:
+    """Whether ``exc`` is an :class:`ssl.SSLError` (or the subclass named
+    ``kind``), whose ``errno`` is an OpenSSL code, not an OS errno.  Never
+    imports :mod:`ssl`: without it no such error can exist."""
+    ssl_module = sys.modules.get("ssl")
+    return ssl_module is not None and isinstance(exc, getattr(ssl_module, kind))
 
 
 class ExitNow(Exception):
@@ -84,7 +93,8 @@ def dispatch(obj: Any, events: int, fd: Any = None, map: Optional[dict] = None) 
         if events & CLOSE_EVENTS and (map is None or map.get(fd) is obj):
             obj.handle_close()
     except OSError as exc:
-        if exc.errno not in DISCONNECTED:
+        # An ssl.SSLError's errno is an OpenSSL code, never an OS errno.
+        if exc.errno not in DISCONNECTED or is_ssl_error(exc):
             obj.handle_error()
         elif map is None or map.get(fd) is obj:
             obj.handle_close()

@@ -191,6 +191,9 @@ class Loop:
         self._polled: Set[Any] = set()  # fds whose channel is asked every pass
         self._reading_paused: Set[Any] = set()  # fds whose READ interest is withheld
         self._idle: Dict[Any, _IdleWatch] = {}  # fd -> idle timeout watch
+        # TLS (issue 14) -- synthetic readiness, see add_ready().
+        self._ready: Dict[Any, Tuple[Any, int]] = {}  # fd -> (channel, events) for the next pass
+        self._parked: Dict[Any, Tuple[Any, int]] = {}  # fd -> (channel, events) not wanted yet
         self._map_len = len(map)
         self._callbacks: Deque[Tuple[Callable[..., Any], tuple]] = collections.deque()
         self._callbacks_lock = threading.Lock()
@@ -289,11 +292,13 @@ class Loop:
             self._sync_interest()
             if not self.map and not heap and not self._callbacks:
                 return
-            if self._callbacks:
+            if self._callbacks or self._ready:
                 timeout = 0.0
             elif heap:
                 timeout = self.timers.timeout(timeout)
             events = self.backend.poll(timeout)
+            if self._ready:
+                events = self._take_ready(events)
             if events:
                 self._dispatch(events)
             if heap:
@@ -341,6 +346,8 @@ class Loop:
             self._unregister(fd)
         self._polled.discard(fd)
         self._reading_paused.discard(fd)
+        self._ready.pop(fd, None)
+        self._parked.pop(fd, None)
         watch = self._idle.get(fd)
         if watch is not None and watch.channel is channel:
             del self._idle[fd]
@@ -401,6 +408,15 @@ class Loop:
             return
         if fd in self._reading_paused:
             mask &= WRITE
+        # TLS (issue 14) -- what the channel's transport needs whatever the
+        # predicates say (a handshake waiting for the peer, encrypted bytes
+        # not yet sent), and what it withholds from them meanwhile.
+        extra = getattr(channel, "_extra_interest", 0)
+        withheld = getattr(channel, "_withheld_interest", 0)
+        if extra or withheld:
+            mask = (mask & ~withheld) | extra
+        if self._parked and fd in self._parked:
+            self._unpark(fd, channel, mask)
         if mask == self._masks.get(fd, 0):
             return
         try:
@@ -431,6 +447,55 @@ class Loop:
             self.backend.unregister(fd)
         except (KeyError, ValueError, TypeError):
             pass  # never reached the kernel (bookkeeping only): nothing to undo
+
+    # -- TLS (issue 14): synthetic readiness ----------------------------------------
+    #
+    # Bytes a channel's transport already holds (decrypted by TLS, or left
+    # in an SSLSocket) are invisible to the kernel: a loop that dispatches
+    # only what poll() reports would leave them there until the peer sends
+    # again.  add_ready() queues events that the next pass dispatches as if
+    # the kernel had reported them; that pass does not block.  Events the
+    # channel's registered interest does not include (reading paused, say)
+    # are parked and queued again when a re-sync gives it that interest.
+
+    def add_ready(self, channel: Any, events: int) -> None:
+        """Dispatch ``events`` (``READ``/``WRITE``) to ``channel`` on the next
+        pass, as if the kernel had reported them, without waiting in poll.
+
+        Delivered only while ``channel`` is in the map and its interest
+        includes them; otherwise they wait (parked) until it does.  O(1).
+        """
+        fd = getattr(channel, "_fileno", None)
+        if fd is None or self.map.get(fd) is not channel:
+            return
+        queued = self._ready.get(fd)
+        if queued is not None and queued[0] is channel:
+            events |= queued[1]
+        self._ready[fd] = (channel, events)
+
+    def _take_ready(self, events: Any) -> Any:
+        """Merge the queued synthetic events into the kernel's ``events``."""
+        ready, self._ready = self._ready, {}
+        merged: Dict[Any, int] = {}
+        for fd, mask in events:
+            merged[fd] = merged.get(fd, 0) | mask
+        for fd, (channel, wanted) in ready.items():
+            if self.map.get(fd) is not channel:
+                continue
+            now = wanted & self._masks.get(fd, 0) if self._channels.get(fd) is channel else 0
+            if wanted & ~now:
+                self._parked[fd] = (channel, wanted & ~now)
+            if now:
+                merged[fd] = merged.get(fd, 0) | now
+        return list(merged.items())
+
+    def _unpark(self, fd: Any, channel: Any, mask: int) -> None:
+        parked_channel, wanted = self._parked[fd]
+        if parked_channel is not channel:
+            del self._parked[fd]
+        elif wanted & mask:
+            del self._parked[fd]
+            self.add_ready(channel, wanted)
 
     # -- flow control and timeouts -----------------------------------------------
 
@@ -623,6 +688,8 @@ class Loop:
         self._masks.clear()
         self._polled.clear()
         self._dirty.clear()
+        self._ready.clear()
+        self._parked.clear()
         self.timers.clear()
         self._release_kernel_objects()
 
@@ -642,7 +709,8 @@ class Loop:
         return {"backend": self.backend.name, "channels": len(self.map),
                 "registered": len(self._channels), "polled": len(self._polled),
                 "dirty": len(self._dirty), "timers": len(self.timers), "strict": self.strict,
-                "reading_paused": len(self._reading_paused), "idle_watched": len(self._idle)}
+                "reading_paused": len(self._reading_paused), "idle_watched": len(self._idle),
+                "ready": len(self._ready), "parked": len(self._parked)}
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"channels={len(self.map)}"

@@ -1,0 +1,119 @@
+"""The two loop features TLS needs (issue 14), on every backend:
+transport interest (``_extra_interest``/``_withheld_interest``) and
+synthetic readiness (``Loop.add_ready``), parked while not wanted."""
+
+import socket
+import time
+
+import pytest
+from helpers import run_until
+from pollchat.backends import PRI, READ, WRITE
+from tlsapps import LineClient, LineSession, Listener
+
+from pollchat import asyncore
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Quiet(asyncore.dispatcher):
+    """Wants to read, not to write; counts its events."""
+
+    def __init__(self, sock, map):
+        asyncore.dispatcher.__init__(self, sock, map=map)
+        self.reads = 0
+        self.writes = 0
+
+    def writable(self):
+        return False
+
+    def handle_read(self):
+        self.reads += 1
+
+    def handle_write(self):
+        self.writes += 1
+
+
+@pytest.fixture
+def quiet(loop):
+    a, b = socket.socketpair()
+    channel = Quiet(a, loop.map)
+    yield channel
+    channel.close()
+    b.close()
+
+
+def test_add_ready_dispatches_without_a_kernel_event_and_without_waiting(loop, quiet):
+    loop.run_once(0)
+    loop.add_ready(quiet, READ)
+    started = time.monotonic()
+    loop.run_once(5.0)  # must not wait: an event is already there
+    assert time.monotonic() - started < 1.0
+    assert quiet.reads == 1
+    loop.run_once(0)
+    assert quiet.reads == 1  # one-shot
+
+
+def test_add_ready_is_parked_until_the_channel_wants_it(loop, quiet):
+    loop.run_once(0)
+    loop.pause_reading(quiet._fileno)
+    loop.add_ready(quiet, READ)
+    loop.run_once(0)
+    loop.run_once(0)
+    assert quiet.reads == 0 and loop.statistics()["parked"] == 1
+    loop.resume_reading(quiet._fileno)
+    loop.run_once(0)
+    assert quiet.reads == 1 and loop.statistics()["parked"] == 0
+
+
+def test_add_ready_is_dropped_for_a_closed_channel(loop, quiet):
+    loop.run_once(0)
+    loop.add_ready(quiet, READ)
+    quiet.close()
+    loop.run_once(0)
+    assert quiet.reads == 0 and not loop._ready
+
+
+def test_extra_and_withheld_interest(loop, quiet):
+    loop.run_once(0)
+    fd = quiet._fileno
+    assert loop._masks[fd] == READ | PRI
+    quiet._extra_interest = WRITE
+    quiet._interest_changed()
+    loop.run_once(0)
+    assert loop._masks[fd] == READ | PRI | WRITE
+    assert quiet.writes == 1  # a socket pair is writable at once
+    quiet._extra_interest = 0
+    quiet._withheld_interest = READ | PRI
+    quiet._interest_changed()
+    loop.run_once(0)
+    assert fd not in loop._masks  # wants nothing: unregistered
+    quiet._withheld_interest = 0
+    quiet._interest_changed()
+    loop.run_once(0)
+    assert loop._masks[fd] == READ | PRI
+
+
+def test_paused_reading_with_decrypted_bytes_resumes_without_traffic(
+        loop, tls_server_context, tls_client_context):
+    """A TLS reader that pauses with decrypted bytes still buffered gets
+    them when it resumes, though the peer sends nothing more."""
+    message = b"z" * 50_000
+    received = bytearray()
+
+    class Pausing(LineSession):
+        context = tls_server_context
+
+        def handle_read(self):
+            received.extend(self.recv(1000))
+            if len(received) == 10_000:
+                self.pause_reading()
+
+    server = Listener(loop, Pausing)
+    client = LineClient(loop, server.address, tls_client_context)
+    client.handle_handshake = lambda: client.push(message)
+    run_until(loop, lambda: len(received) >= 10_000)
+    loop.run(timeout=0.01, count=10)
+    assert len(received) == 10_000
+    server.sessions[0].resume_reading()
+    run_until(loop, lambda: len(received) >= len(message))
+    assert bytes(received) == message
