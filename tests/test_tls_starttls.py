@@ -8,7 +8,7 @@ import ssl
 
 import pytest
 from helpers import run_until
-from tlsapps import LineClient, LineSession, Listener
+from tlsapps import BIOClient, LineClient, LineSession, Listener
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -169,30 +169,53 @@ def test_unwrap_gives_up_when_the_peer_does_not_answer(loop, caplog, tls_server_
             self.unwrap_tls()
 
     server = Listener(loop, Quick)
-    # A stdlib client that completes the handshake, then never answers.
-    raw = socket.create_connection(server.address)
-    raw.setblocking(False)
-    obj_in, obj_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = tls_client_context.wrap_bio(obj_in, obj_out, server_hostname="localhost")
-
-    def pump():
-        try:
-            tls.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
-        if obj_out.pending:
-            raw.sendall(obj_out.read())
-        try:
-            obj_in.write(raw.recv(65536))
-        except BlockingIOError:
-            pass
-
+    client = BIOClient(tls_client_context, server.address)  # completes the handshake only
     try:
-        run_until(loop, lambda: server.sessions and server.sessions[0].events, between=pump)
-        tls.write(b"unwrap please\n")
-        raw.sendall(obj_out.read())
+        run_until(loop, lambda: client.handshake_done and server.sessions
+                  and server.sessions[0].events, between=client.pump)
+        client.send(b"unwrap please\n")
         run_until(loop, lambda: ("close",) in server.sessions[0].events)
     finally:
-        raw.close()
+        client.close()
     assert any("no close_notify from the peer within 0.2 s" in r.getMessage()
                for r in caplog.records)
+
+
+def test_plaintext_right_after_the_peers_close_notify_is_delivered(loop, tls_server_context,
+                                                                   tls_client_context):
+    """The peer's close_notify and its first plaintext arrive in one read:
+    the plaintext is not lost in TLS's buffers, nor taken for TLS."""
+    server = Listener(loop, starttls_session(tls_server_context))
+    raw = socket.create_connection(server.address)
+    raw.sendall(b"STARTTLS\n")
+    run_until(loop, lambda: server.sessions and server.sessions[0].lines)
+    got = b""
+    while b"220 go ahead\n" not in got:
+        got += raw.recv(100)
+    client = BIOClient(tls_client_context, sock=raw)
+    session = server.sessions[0]
+    try:
+        run_until(loop, lambda: client.handshake_done and session.events, between=client.pump)
+        client.send(b"UNWRAP\n")
+        run_until(loop, lambda: session.lines[-1:] == [b"UNWRAP"], between=client.pump)
+        # The server answered and sent close_notify; answer with ours and,
+        # in the same send, the first plaintext command.
+        def unwrapped():
+            client.pump()
+            try:
+                client.obj.read(1000)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                pass
+            try:
+                client.obj.unwrap()
+                return True
+            except ssl.SSLWantReadError:
+                return False
+
+        run_until(loop, unwrapped)
+        client.send(b"", plain_after=b"PLAIN AGAIN\n")
+        run_until(loop, lambda: session.lines[-1:] == [b"PLAIN AGAIN"])
+        assert ("unwrapped",) in session.events
+        assert session.get_ssl_object() is None
+    finally:
+        raw.close()

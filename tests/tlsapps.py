@@ -123,3 +123,45 @@ class LineClient(Recorder, Lines, asynchat.async_chat):
 
     def on_line(self, line):
         pass
+
+
+class BIOClient:
+    """A hand-driven TLS client on a plain non-blocking socket and an
+    ``ssl.SSLObject``: the test decides exactly which bytes go out together.
+    Call ``pump()`` between loop passes."""
+
+    def __init__(self, context, address=None, sock=None, hostname="localhost"):
+        import ssl
+
+        self.ssl = ssl
+        self.sock = socket.create_connection(address) if sock is None else sock
+        self.sock.setblocking(False)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_hostname=hostname)
+        self.handshake_done = False
+
+    def pump(self):
+        """Advance the handshake, send what TLS produced, take what arrived."""
+        if not self.handshake_done:
+            try:
+                self.obj.do_handshake()
+                self.handshake_done = True
+            except self.ssl.SSLWantReadError:
+                pass
+        if self.outgoing.pending:
+            self.sock.sendall(self.outgoing.read())
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        if data:
+            self.incoming.write(data)
+
+    def send(self, data, plain_after=b""):
+        """Encrypt ``data``; send it with ``plain_after`` in one send."""
+        if data:
+            self.obj.write(data)
+        self.sock.sendall(self.outgoing.read() + plain_after)
+
+    def close(self):
+        self.sock.close()

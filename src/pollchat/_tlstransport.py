@@ -260,6 +260,7 @@ class TLSTransport:
                 channel.handle_write()
         elif state is UNWRAPPED:
             self._plaintext(dispatcher.handle_write_event)
+            self._maybe_detach()
 
     # -- I/O on behalf of the program -------------------------------------------------
 
@@ -310,7 +311,12 @@ class TLSTransport:
             self._flush()
             return taken if self.state is ESTABLISHED else 0
         if state is UNWRAPPED:
-            return self._plaintext(dispatcher.send, data)  # type: ignore[no-any-return]
+            # Our close_notify goes first, then the plaintext.
+            if self.engine.wants_flush and not self._flush():
+                return 0
+            sent: int = self._plaintext(dispatcher.send, data)
+            self._maybe_detach()
+            return sent
         return 0
 
     def closing(self) -> None:
@@ -481,11 +487,10 @@ class TLSTransport:
         self.state = UNWRAPPED
         self._leftover = self.engine.unwrap_leftover()
         channel = self.channel
-        if not self._leftover:
-            self._detach()
-        else:
-            self._update_interest()
+        self._update_interest()
+        if self._leftover:
             self._loop().add_ready(channel, READ)
+        self._maybe_detach()
         channel.handle_unwrapped()
 
     def _shutdown_timed_out(self) -> None:
@@ -501,32 +506,42 @@ class TLSTransport:
         self._update_interest()
         self.channel.handle_close()
 
+    # Unwrapped, the transport stays attached while plaintext the peer sent
+    # right after its close_notify is unread, or our close_notify unsent
+    # (plaintext must not overtake it); dispatcher's own code does the rest.
+
     def _deliver_leftover(self) -> None:
         channel = self.channel
         if self._leftover:
             channel.handle_read()
-        if channel._tls is self and not self._leftover:
-            self._detach()
-        elif channel._tls is self:
+        else:
+            self._plaintext(dispatcher.handle_read_event)
+        if self._leftover and channel._tls is self:
             self._loop().add_ready(channel, READ)
+        self._maybe_detach()
 
     def _read_leftover(self, size: int) -> bytes:
         if not self._leftover:
-            self._detach()
-            return self.channel.recv(size)  # type: ignore[no-any-return]
+            data: bytes = self._plaintext(dispatcher.recv, size)
+            return data
         data, self._leftover = self._leftover[:size], self._leftover[size:]
         return data
 
     def _plaintext(self, method: Callable[..., Any], *args: Any) -> Any:
-        """Run ``dispatcher``'s own plaintext ``method`` on the channel while
-        leftover plaintext still keeps this transport attached."""
+        """Run ``dispatcher``'s own plaintext ``method`` on the channel."""
         channel = self.channel
         channel._tls = None
         try:
             return method(channel, *args)
         finally:
-            if channel._tls is None and self.state is UNWRAPPED and self._leftover:
+            if channel._fileno is None:
+                self.state = CLOSED  # closed by the method (dispatcher.close)
+            elif channel._tls is None and self.state is UNWRAPPED:
                 channel._tls = self
+
+    def _maybe_detach(self) -> None:
+        if self.state is UNWRAPPED and not self._leftover and not self.engine.wants_flush:
+            self._detach()
 
     # -- failures -------------------------------------------------------------------------
 
@@ -569,6 +584,8 @@ class TLSTransport:
         elif state is FAILED:
             # Nothing more to read or write until the program closes it.
             self._set_interest(unsent, READ | WRITE | PRI)
+        elif state is UNWRAPPED:
+            self._set_interest(unsent, 0)
         else:
             self._set_interest(0, 0)
 

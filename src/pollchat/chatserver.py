@@ -102,6 +102,8 @@ class ChatSession(asynchat.async_chat):
 
     def __init__(self, server: ChatServer, sock: socket.socket, addr: Any) -> None:
         super().__init__(sock, map=server.loop.map)
+        if server.ssl_context is not None:
+            self.start_tls(server.ssl_context, server_side=True)
         self.server = server
         self.peer = _format_address(addr)
         self.nick = ""
@@ -188,6 +190,11 @@ class ChatSession(asynchat.async_chat):
             self._reason = "too slow: not reading"
             self.server.loop.call_later(0, self.close)
 
+    def handle_handshake(self) -> None:
+        # Over TLS a client joins the room once its handshake completed: a
+        # port scanner never shows up as a guest.
+        self.server.join(self)
+
     # -- closing ----------------------------------------------------------------------
 
     def handle_close(self) -> None:
@@ -216,6 +223,8 @@ class ChatServer(asyncore.dispatcher):
         backend: backend name for the new loop (ignored with ``loop``).
         max_line: longest line accepted, in bytes, not counting the ending.
         max_backlog: lines queued for one client before it is dropped.
+        ssl_context: serve over TLS with this server-side ``ssl.SSLContext``
+            (:func:`pollchat.tls.server_context` makes one from PEM files).
 
     Raises:
         OSError: cannot listen there (``EADDRINUSE``...), or ``host`` does not
@@ -226,7 +235,8 @@ class ChatServer(asyncore.dispatcher):
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
                  loop: Optional[Loop] = None, backend: Optional[str] = None,
                  max_line: int = DEFAULT_MAX_LINE,
-                 max_backlog: int = DEFAULT_MAX_BACKLOG, listen_backlog: int = 128) -> None:
+                 max_backlog: int = DEFAULT_MAX_BACKLOG, listen_backlog: int = 128,
+                 ssl_context: Any = None) -> None:
         if max_line < 1:
             raise ValueError(f"max_line must be at least 1, not {max_line}")
         family, _, _, _, sockaddr = socket.getaddrinfo(
@@ -236,6 +246,7 @@ class ChatServer(asyncore.dispatcher):
         super().__init__(map=self.loop.map)
         self.max_line = max_line
         self.max_backlog = max_backlog
+        self.ssl_context = ssl_context
         self.sessions: Dict[str, ChatSession] = {}  # casefolded nick -> session
         self._guests = itertools.count(1)
         self._paused = False
@@ -281,7 +292,8 @@ class ChatServer(asyncore.dispatcher):
             logger.debug("dropped a connection from %s: %s", _format_address(addr), exc)
             sock.close()
             return
-        self.join(session)
+        if self.ssl_context is None:
+            self.join(session)  # over TLS: once the handshake completed
 
     def _pause_accepting(self, seconds: float) -> None:
         # Waiting connections stay in the kernel's queue; without the pause a
@@ -375,8 +387,9 @@ class ChatServer(asyncore.dispatcher):
         deadline = time.monotonic() + grace
         while self.sessions and time.monotonic() < deadline:
             self.loop.run_once(min(0.05, max(0.0, deadline - time.monotonic())))
-        for session in list(self.sessions.values()):
-            session.close()
+        for channel in list(self.loop.map.values()):
+            if isinstance(channel, ChatSession):  # joined, or still in its TLS handshake
+                channel.close()
         if self._own_loop:
             self.loop.close()
         logger.info("stopped")
