@@ -296,7 +296,7 @@ class TLSTransport:
         state = self.state
         if state is ESTABLISHED:
             engine = self.engine
-            if engine.wants_flush and not self._flush():
+            if engine.wants_flush and not self._flush() or not len(data):
                 return 0
             try:
                 taken = engine.encrypt(data)

@@ -193,7 +193,8 @@ class TLSEngine:
                 raise HandshakeEOFError(
                     "the peer closed the connection during the TLS handshake") from None
             return False
-        except ssl.SSLEOFError:
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            # (SSLZeroReturnError: how Python 3.9 reports end of file.)
             self.state = FAILED
             raise HandshakeEOFError(
                 "the peer closed the connection during the TLS handshake") from None
@@ -216,12 +217,13 @@ class TLSEngine:
         obj = self.ssl_object
         incoming = self._incoming
         read = obj.read
+        raw_left = incoming.pending
         try:
             while True:
+                raw_left = incoming.pending
                 data = read(_RECORD_READ_SIZE)
                 if not data:
-                    self.close_notify_received = True  # close_notify
-                    return
+                    break  # close_notify (or, on Python 3.9, end of file)
                 self._plain.append(data)
                 self._plain_size += len(data)
                 # Stop before a call that could only raise SSLWantReadError.
@@ -230,11 +232,18 @@ class TLSEngine:
         except ssl.SSLWantReadError:
             return
         except ssl.SSLZeroReturnError:
-            self.close_notify_received = True
+            pass
         except ssl.SSLEOFError:
             self.ragged_eof = True
+            return
         except ssl.SSLError as exc:
             raise TLSProtocolError(exc) from exc
+        # A close_notify is a record: with no raw byte left to hold one, the
+        # "clean close" is Python 3.9 reporting a bare end of file.
+        if raw_left or not self.eof_received or self.close_notify_received:
+            self.close_notify_received = True
+        else:
+            self.ragged_eof = True
 
     @property
     def buffered(self) -> int:
@@ -290,6 +299,8 @@ class TLSEngine:
         Raises:
             TLSProtocolError: the connection is no longer usable.
         """
+        if not len(data):
+            return 0  # (SSL_write() of nothing fails with an EOF error on 3.9)
         try:
             return self.ssl_object.write(data)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
