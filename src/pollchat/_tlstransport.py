@@ -450,7 +450,10 @@ class TLSTransport:
                 raise
             self._lost(exc)
             return False
-        self._update_interest()
+        # In every state that flushes, the extra WRITE interest means
+        # "bytes unsent": update it only when that changed (the hot path).
+        if done is bool(self.channel._extra_interest & WRITE):
+            self._update_interest()
         return done
 
     # -- unwrapping -----------------------------------------------------------------------

@@ -111,8 +111,9 @@ class TLSEngine:
         #: The stream ended without ``close_notify`` (a truncation the
         #: application protocol may or may not detect on its own).
         self.ragged_eof = False
+        #: Decrypted bytes not yet read.
+        self.buffered = 0
         self._plain: Deque[bytes] = collections.deque()
-        self._plain_size = 0
         self._close_notify_sent = False
 
     # -- the raw side -----------------------------------------------------------------
@@ -225,7 +226,7 @@ class TLSEngine:
                 if not data:
                     break  # close_notify (or, on Python 3.9, end of file)
                 self._plain.append(data)
-                self._plain_size += len(data)
+                self.buffered += len(data)
                 # Stop before a call that could only raise SSLWantReadError.
                 if not incoming.pending and not obj.pending() and not self.eof_received:
                     return
@@ -246,15 +247,10 @@ class TLSEngine:
             self.ragged_eof = True
 
     @property
-    def buffered(self) -> int:
-        """Decrypted bytes not yet read."""
-        return self._plain_size
-
-    @property
     def at_eof(self) -> bool:
         """Whether the stream has ended (clean or not) and nothing decrypted
         is left to read."""
-        return not self._plain_size and (
+        return not self.buffered and (
             self.close_notify_received or self.ragged_eof)
 
     def read(self, size: int) -> bytes:
@@ -284,7 +280,7 @@ class TLSEngine:
                     plain[0] = piece[room:]
                     room = 0
             data = b"".join(pieces)
-        self._plain_size -= len(data)
+        self.buffered -= len(data)
         return data
 
     def encrypt(self, data: Any) -> int:
@@ -330,7 +326,7 @@ class TLSEngine:
             # peer's close_notify, and drop it.
             self.decrypt()
             self._plain.clear()
-            self._plain_size = 0
+            self.buffered = 0
             if self._close_notify_sent and not self.close_notify_received:
                 return False
         try:
