@@ -21,16 +21,16 @@ Certificates are made for the run with ``trustme`` (the test extra).  Results:
 a table on stdout and ``results.json`` under ``--out`` (default
 ``bench/results/tls``, ``bench/results/tls-quick`` for ``--quick``).
 
-How it plugs into the main harness (``python -m bench``): the workloads are
-described by :data:`TLS_WORKLOADS` (``workloads.Workload`` entries).  To run
-them there, the harness needs to (1) start ``servers/tls_server.py`` for
-workloads whose ``server_mode`` is ``tls-echo`` (with ``--impl`` and the
-certificate options), (2) run ``tls_client.py`` for ``client="tls-pingpong"``
-(same options and events as ``clients.py pingpong``, plus ``--cafile``), and
-(3) know the ``per_server_cpu_s`` metric (round trips / server CPU-seconds
-between the client's ``start`` and ``end`` events).  Until then this module
-runs them with the harness's own process helpers (``procs.Server``,
-``procs.run_client``).
+How it plugs into the main harness (``python -m bench``): the server
+program serves both apis (``--impl pollchat`` for "legacy", ``--loop
+asyncio|uvloop`` for "asyncio") and makes its own certificate; the client
+speaks the harness's event protocol and reports ``ops`` and ``seconds``.
+So a workload entry ``servers={"legacy": "tls_server.py", "asyncio":
+"tls_server.py"}``, ``server_mode="echo"``, ``client="tls"``, plus a
+``"tls"`` client kind running ``tls_client.py`` with the ``script`` kind's
+``--conns/--idle/--warmup/--duration/--sync`` arguments, is all it takes
+(see the report of issue 14).  Until then this module runs them itself, with
+the harness's process helpers only (``procs.Server``, ``procs.run_client``).
 """
 
 from __future__ import annotations
@@ -40,41 +40,55 @@ import json
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.impls import HERE, Impl, asyncio_impls, pollchat_impls  # noqa: E402
-from bench.procs import ProcessFailed, Server, python_version, run_client  # noqa: E402
-from bench.workloads import Point, Workload  # noqa: E402
+from bench.procs import ProcessFailed, Server, run_client  # noqa: E402
 
-TLS_SERVER = str(Path(HERE) / "servers" / "tls_server.py")
-TLS_CLIENT = str(Path(HERE) / "tls_client.py")
+HERE = Path(__file__).resolve().parent
+TLS_SERVER = str(HERE / "servers" / "tls_server.py")
+TLS_CLIENT = str(HERE / "tls_client.py")
+FD_SETSIZE = 1024
 
-#: The TLS workloads, as entries of the main harness's table (see above).
+
+@dataclass(frozen=True)
+class Impl:
+    """A TLS server to measure: its server options and environment."""
+
+    key: str
+    flags: Tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    skip: str = ""
+
+
+@dataclass(frozen=True)
+class Point:
+    key: str
+    label: str
+    params: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    full: Tuple[Point, ...]
+    quick: Tuple[Point, ...]
+
+#: The two workloads (the main harness's entries would carry the same points).
 TLS_WORKLOADS = (
-    Workload(
-        key="tls-echo", title="TLS echo",
-        description="100 TLS connections, each doing sequential ping-pong (16-byte lines). "
-                    "Round trips per server CPU-second.",
-        server_mode="tls-echo", client="tls-pingpong",
-        metrics=("per_server_cpu_s", "rate", "server_cpu"),
-        full=(Point("tls100", "100 TLS clients", {"conns": 100}),),
-        quick=(Point("tls100", "100 TLS clients", {"conns": 100}),),
-        baselines=("asyncio",)),
-    Workload(
-        key="tls-idle", title="TLS idle scaling",
-        description="One TLS ping-pong connection beside N idle TLS connections. Round "
-                    "trips per server CPU-second.",
-        server_mode="tls-echo", client="tls-pingpong",
-        metrics=("per_server_cpu_s", "rate", "server_cpu"),
-        full=(Point("idle0", "0 idle", {"conns": 1, "idle": 0}),
-              Point("idle10000", "10,000 idle", {"conns": 1, "idle": 10000})),
-        quick=(Point("idle0", "0 idle", {"conns": 1, "idle": 0}),
-               Point("idle200", "200 idle", {"conns": 1, "idle": 200})),
-        baselines=("asyncio",), axis="idle", same_cpu=True),
+    Workload("tls-echo", "TLS echo: 100 connections, sequential ping-pong",
+             full=(Point("tls100", "100 TLS clients", {"conns": 100}),),
+             quick=(Point("tls100", "100 TLS clients", {"conns": 100}),)),
+    Workload("tls-idle", "TLS idle scaling: one ping-pong connection beside N idle ones",
+             full=(Point("idle0", "0 idle", {"conns": 1, "idle": 0}),
+                   Point("idle10000", "10,000 idle", {"conns": 1, "idle": 10000})),
+             quick=(Point("idle0", "0 idle", {"conns": 1, "idle": 0}),
+                    Point("idle200", "200 idle", {"conns": 1, "idle": 200}))),
 )
 
 
@@ -95,18 +109,18 @@ def make_certificates(directory: Path) -> Dict[str, str]:
 
 
 def tls_impls() -> List[Impl]:
-    """pollchat on each backend, asyncio, uvloop: the TLS server's command lines."""
-    python = sys.executable
-    version = python_version(python) or ""
-    impls = []
-    for impl in pollchat_impls(python, version) + asyncio_impls(python, version):
-        if impl.skip:
-            impls.append(impl)
-            continue
-        flavour = "pollchat" if impl.family == "pollchat" else impl.key
-        impls.append(Impl(key=impl.key, family=impl.family, python=python,
-                          server=(TLS_SERVER, "--impl", flavour), env=impl.env,
-                          max_fd=impl.max_fd, version=version))
+    """pollchat on each backend here, asyncio, and uvloop if installed."""
+    from pollchat.backends import available_backends
+
+    impls = [Impl(f"pollchat-{name}", ("--impl", "pollchat"), {"POLLCHAT_BACKEND": name})
+             for name in available_backends()]
+    impls.append(Impl("asyncio", ("--loop", "asyncio")))
+    try:
+        import uvloop  # noqa: F401
+        missing = ""
+    except ImportError:
+        missing = "uvloop is not installed (pip install uvloop)"
+    impls.append(Impl("uvloop", ("--loop", "uvloop"), skip=missing))
     return impls
 
 
@@ -114,12 +128,12 @@ def run_point(impl: Impl, point: Point, certs: Dict[str, str], args: argparse.Na
               workdir: Path) -> Dict[str, Any]:
     """One server, one client run: the client's result plus server CPU."""
     params = point.params
-    if impl.max_fd is not None and params.get("idle", 0) + 200 > impl.max_fd:
+    if impl.key.endswith("-select") and params.get("idle", 0) + 200 > FD_SETSIZE:
         return {"ok": False, "error": "select() cannot watch fds >= FD_SETSIZE (1024)"}
     log = workdir / f"{impl.key}-{point.key}"
-    server = Server(impl.argv("--certfile", certs["certfile"], "--keyfile", certs["keyfile"],
-                              "--max-seconds", str(args.timeout * 3)),
-                    env=dict(impl.env), log=log.with_suffix(".server.log"))
+    argv = [sys.executable, TLS_SERVER, *impl.flags, "--certfile", certs["certfile"],
+            "--keyfile", certs["keyfile"], "--max-seconds", str(args.timeout * 3)]
+    server = Server(argv, env=dict(impl.env), log=log.with_suffix(".server.log"))
     try:
         server.start()
         client = [sys.executable, TLS_CLIENT, "--port", str(server.port),
@@ -156,8 +170,9 @@ def summarize(results: Dict[str, Dict[str, List[Dict[str, Any]]]]) -> List[str]:
             for impl_key, runs in by_impl.items():
                 per_cpu, rate = median(runs, "per_server_cpu_s"), median(runs, "rate")
                 medians[workload.key, point_key, impl_key] = per_cpu
+                why = "; ".join(r.get("error", "?") for r in runs)[:120]
                 shown = (f"{per_cpu:,.0f} | {rate:,.0f}" if per_cpu and rate else
-                         "failed: " + "; ".join(r.get("error", "?") for r in runs)[:120] + " |")
+                         f"{'' if why.startswith('skipped') else 'failed: '}{why} |")
                 lines.append(f"| {workload.key} | {point_key} | {impl_key} | {shown} |")
     lines.append("")
     for impl_key in sorted({k[2] for k in medians if k[2].startswith("pollchat")}):
@@ -171,6 +186,8 @@ def summarize(results: Dict[str, Dict[str, List[Dict[str, Any]]]]) -> List[str]:
         if len(idle) == 2 and all(idle):
             ratio = idle[1] / idle[0]
             verdict = "PASS" if ratio >= 0.9 else "MISS"
+            if impl_key.endswith(("-poll", "-select")):
+                verdict = "INFO (poll(2)/select(2) scan every fd in the kernel)"
             lines.append(f"- {verdict} tls-idle, {impl_key}: busy rate with idle connections "
                          f"/ without: {ratio:.2f} (need >= 0.9)")
     return lines
@@ -188,7 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.warmup, args.duration = (0.2, 0.5) if args.quick else (0.5, 2.0)
     args.timeout = 60.0 if args.quick else 180.0
     repeats = args.repeats or (1 if args.quick else 3)
-    out = args.out or Path(HERE) / "results" / ("tls-quick" if args.quick else "tls")
+    out = args.out or HERE / "results" / ("tls-quick" if args.quick else "tls")
     out.mkdir(parents=True, exist_ok=True)
     wanted = args.impls.split(",") if args.impls else None
     impls = [i for i in tls_impls()

@@ -1,16 +1,21 @@
 """The TLS benchmark server: line echo over TLS, on pollchat or on asyncio.
 
-``--impl pollchat``: the asyncore/asynchat program of ``legacy_server.py``'s
-echo mode, each accepted channel calling ``start_tls()`` (pollchat's
-MemoryBIO transport; the backend from ``POLLCHAT_BACKEND``).
-``--impl asyncio`` (or ``uvloop``): an asyncio ``Protocol`` behind
-``loop.create_server(ssl=context)``, asyncio's own TLS transport (sslproto).
+``--impl pollchat`` (the harness's "legacy" api): the asyncore/asynchat
+program of ``legacy_server.py``'s echo mode, each accepted channel calling
+``start_tls()`` (pollchat's MemoryBIO transport; the backend from
+``POLLCHAT_BACKEND``).  ``--loop asyncio`` or ``--loop uvloop`` (the
+"asyncio" api): an asyncio ``Protocol`` behind
+``loop.create_server(ssl=context)``, asyncio's own TLS transport.  One
+program for both, so that it can be each api's server of a workload.
+
 Wire protocol as in ``_common`` (mode ``echo``; ``QUIT`` stops it).  Prints
-``PORT <n>`` and serves until ``QUIT`` or ``--max-seconds``.
+``INFO``/``PORT`` and serves until ``QUIT`` or ``--max-seconds``.  Without
+``--certfile`` a certificate for ``localhost`` is made at start (trustme).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import sys
@@ -19,16 +24,29 @@ from typing import List
 import _common
 
 ARGS = _common.parse_args(__doc__.splitlines()[0], [
-    {"flags": ["--impl"], "choices": ["pollchat", "asyncio", "uvloop"], "default": "pollchat"},
-    {"flags": ["--certfile"], "required": True, "help": "PEM certificate chain"},
-    {"flags": ["--keyfile"], "required": True, "help": "PEM private key"},
+    {"flags": ["--impl"], "choices": ["pollchat"], "default": "pollchat"},
+    {"flags": ["--loop"], "choices": ["asyncio", "uvloop"],
+     "help": "serve with asyncio's TLS transport instead of pollchat's"},
+    {"flags": ["--certfile"], "help": "PEM certificate chain (default: made at start)"},
+    {"flags": ["--keyfile"], "help": "PEM private key"},
 ])
 
 
 def server_context() -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(ARGS.certfile, ARGS.keyfile)
+    if ARGS.certfile:
+        context.load_cert_chain(ARGS.certfile, ARGS.keyfile)
+    else:
+        import trustme
+
+        trustme.CA().issue_cert("localhost", "127.0.0.1").configure_cert(context)
     return context
+
+
+def info(impl: str) -> dict:
+    return {"impl": impl, "mode": "echo", "tls": True, "quit": "QUIT\n",
+            "python": sys.version.split()[0], "pid": os.getpid(),
+            "backend": os.environ.get("POLLCHAT_BACKEND", "auto")}
 
 
 def serve_pollchat(context: ssl.SSLContext) -> None:
@@ -68,9 +86,7 @@ def serve_pollchat(context: ssl.SSLContext) -> None:
                 EchoChannel(pair[0])
 
     listener = Listener()
-    info = _common.runtime_info("pollchat")
-    info.update(mode="echo", tls=True)
-    _common.announce(listener.socket.getsockname()[1], info)
+    _common.announce(listener.socket.getsockname()[1], info("pollchat"))
     _common.arm_deadline(ARGS.max_seconds)
     asyncore.loop(timeout=1.0)
 
@@ -78,7 +94,7 @@ def serve_pollchat(context: ssl.SSLContext) -> None:
 def serve_asyncio(context: ssl.SSLContext) -> None:
     import asyncio
 
-    if ARGS.impl == "uvloop":
+    if ARGS.loop == "uvloop":
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
@@ -110,9 +126,7 @@ def serve_asyncio(context: ssl.SSLContext) -> None:
         stop = loop.create_future()
         server = await loop.create_server(lambda: Echo(stop), ARGS.host, ARGS.port,
                                           backlog=ARGS.backlog, ssl=context)
-        info = _common.runtime_info(ARGS.impl)
-        info.update(mode="echo", tls=True)
-        _common.announce(server.sockets[0].getsockname()[1], info)
+        _common.announce(server.sockets[0].getsockname()[1], info(ARGS.loop))
         _common.arm_deadline(ARGS.max_seconds)
         await stop
         server.close()
@@ -123,10 +137,10 @@ def serve_asyncio(context: ssl.SSLContext) -> None:
 def main() -> int:
     _common.raise_nofile_limit()
     context = server_context()
-    if ARGS.impl == "pollchat":
-        serve_pollchat(context)
-    else:
+    if ARGS.loop:
         serve_asyncio(context)
+    else:
+        serve_pollchat(context)
     return 0
 
 
