@@ -186,7 +186,7 @@ def test_close_sends_close_notify(loop, tls_server_context, tls_client_context):
     client = LineClient(loop, server.address, tls_client_context)
 
     def handle_close():
-        clean.append(client._tls.engine.close_notify_received)
+        clean.append(client._pc_tls.engine.close_notify_received)
         client.close()
 
     client.handle_close = handle_close
@@ -227,7 +227,7 @@ def test_write_interest_is_withheld_during_the_handshake(loop, tls_server_contex
         session.push(b"queued before the handshake\n")
         loop.run_once(0.01)
         fd = session._fileno
-        assert session._withheld_interest & WRITE
+        assert session._pc_withheld_interest & WRITE
         assert loop._masks[fd] & (READ | WRITE) == READ  # no WRITE: nothing to flush
         assert not loop._masks[fd] & PRI
     finally:

@@ -1,5 +1,5 @@
 """The two loop features TLS needs (issue 14), on every backend:
-transport interest (``_extra_interest``/``_withheld_interest``) and
+transport interest (``_pc_extra_interest``/``_pc_withheld_interest``) and
 synthetic readiness (``Loop.add_ready``), parked while not wanted."""
 
 import socket
@@ -44,7 +44,7 @@ def quiet(loop):
 
 def test_add_ready_dispatches_without_a_kernel_event_and_without_waiting(loop, quiet):
     loop.run_once(0)
-    loop.add_ready(quiet, READ)
+    loop.add_ready(quiet._fileno, READ)
     started = time.monotonic()
     loop.run_once(5.0)  # must not wait: an event is already there
     assert time.monotonic() - started < 1.0
@@ -56,7 +56,7 @@ def test_add_ready_dispatches_without_a_kernel_event_and_without_waiting(loop, q
 def test_add_ready_is_parked_until_the_channel_wants_it(loop, quiet):
     loop.run_once(0)
     loop.pause_reading(quiet._fileno)
-    loop.add_ready(quiet, READ)
+    loop.add_ready(quiet._fileno, READ)
     loop.run_once(0)
     loop.run_once(0)
     assert quiet.reads == 0 and loop.statistics()["parked"] == 1
@@ -65,9 +65,30 @@ def test_add_ready_is_parked_until_the_channel_wants_it(loop, quiet):
     assert quiet.reads == 1 and loop.statistics()["parked"] == 0
 
 
+def test_parked_events_do_not_make_the_loop_spin(loop, quiet, monkeypatch):
+    """While a parked event cannot be delivered, passes block in poll as
+    usual: a paused reader holding decrypted bytes costs no CPU."""
+    loop.run_once(0)
+    loop.pause_reading(quiet._fileno)
+    loop.add_ready(quiet._fileno, READ)
+    loop.run_once(0)  # parks it
+    timeouts = []
+    real_poll = loop.backend.poll
+
+    def poll(timeout):
+        timeouts.append(timeout)
+        return real_poll(timeout)
+
+    monkeypatch.setattr(loop.backend, "poll", poll)
+    loop.run_once(0.05)
+    loop.run_once(0.05)
+    assert timeouts == [0.05, 0.05]
+    assert quiet.reads == 0
+
+
 def test_add_ready_is_dropped_for_a_closed_channel(loop, quiet):
     loop.run_once(0)
-    loop.add_ready(quiet, READ)
+    loop.add_ready(quiet._fileno, READ)
     quiet.close()
     loop.run_once(0)
     assert quiet.reads == 0 and not loop._ready
@@ -77,17 +98,17 @@ def test_extra_and_withheld_interest(loop, quiet):
     loop.run_once(0)
     fd = quiet._fileno
     assert loop._masks[fd] == READ | PRI
-    quiet._extra_interest = WRITE
+    quiet._pc_extra_interest = WRITE
     quiet._interest_changed()
     loop.run_once(0)
     assert loop._masks[fd] == READ | PRI | WRITE
     assert quiet.writes == 1  # a socket pair is writable at once
-    quiet._extra_interest = 0
-    quiet._withheld_interest = READ | PRI
+    quiet._pc_extra_interest = 0
+    quiet._pc_withheld_interest = READ | PRI
     quiet._interest_changed()
     loop.run_once(0)
     assert fd not in loop._masks  # wants nothing: unregistered
-    quiet._withheld_interest = 0
+    quiet._pc_withheld_interest = 0
     quiet._interest_changed()
     loop.run_once(0)
     assert loop._masks[fd] == READ | PRI

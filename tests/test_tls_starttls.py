@@ -144,7 +144,7 @@ def test_unwrap_then_plaintext_continues(loop, tls_server_context, tls_client_co
     session = server.sessions[0]
     assert ("unwrapped",) in client.events and ("unwrapped",) in session.events
     assert client.get_ssl_object() is None and session.get_ssl_object() is None
-    assert client._tls is None and session._tls is None
+    assert client._pc_tls is None and session._pc_tls is None
     # Really plaintext on the wire now: the same channel can upgrade again.
     client.on_line = lambda line: (client.start_tls(tls_client_context,
                                                     server_hostname="localhost")

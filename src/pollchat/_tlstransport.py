@@ -1,7 +1,7 @@
 """The TLS transport of one channel: events, interest and timers around a
 :class:`~pollchat.tlsengine.TLSEngine`.
 
-A channel with TLS on has ``channel._tls`` set to its :class:`TLSTransport`;
+A channel with TLS on has ``channel._pc_tls`` set to its :class:`TLSTransport`;
 ``dispatcher.recv``, ``send``, ``handle_read_event``, ``handle_write_event``
 and ``close`` then hand over to it.  The transport:
 
@@ -10,7 +10,7 @@ and ``close`` then hand over to it.  The transport:
   stream) are there, ``handle_write()`` only once the handshake completed
   and the encrypted bytes of earlier sends are all in the kernel;
 * tells the loop what it needs besides the program's ``readable()`` and
-  ``writable()`` through ``channel._extra_interest``/``_withheld_interest``
+  ``writable()`` through ``channel._pc_extra_interest``/``_pc_withheld_interest``
   (READ while the handshake waits for the peer, WRITE while encrypted bytes
   are unsent; the program's WRITE withheld during the handshake, so that a
   channel that wants to write does not spin while the peer thinks);
@@ -83,7 +83,7 @@ def start_tls(channel: Any, context: ssl.SSLContext, *, server_side: bool,
     sock = channel.socket
     if sock is None or channel._fileno is None:
         raise ValueError(f"{channel!r} has no open socket: create or accept it first")
-    if channel._tls is not None or channel._tls_pending is not None:
+    if channel._pc_tls is not None or channel._pc_tls_pending is not None:
         raise ValueError(f"TLS is already on (or starting) on {channel!r}")
     if channel.accepting:
         raise ValueError("a listening channel cannot start TLS: start it on each "
@@ -114,7 +114,7 @@ def start_tls(channel: Any, context: ssl.SSLContext, *, server_side: bool,
     _discard_pipelined_input(channel)
     if isinstance(channel, async_chat) and channel.producer_fifo:
         transport.state = WAIT_OUTPUT
-        channel._tls_pending = transport
+        channel._pc_tls_pending = transport
         channel.producer_fifo.append(_AfterOutput(transport._begin))
         # Read nothing until the reply is out: the peer may not send TLS
         # before it, and plaintext it sends meanwhile must not be executed.
@@ -125,7 +125,7 @@ def start_tls(channel: Any, context: ssl.SSLContext, *, server_side: bool,
 
 def unwrap_tls(channel: Any) -> None:
     """:meth:`pollchat.tls.TLSChannelMixin.unwrap_tls` (see there)."""
-    transport = channel._tls
+    transport = channel._pc_tls
     if transport is None or transport.state is not ESTABLISHED:
         state = "off" if transport is None else transport.state
         raise ValueError(f"unwrap_tls() needs an established TLS session; on {channel!r} "
@@ -203,8 +203,8 @@ class TLSTransport:
         channel = self.channel
         if channel._fileno is None:
             return  # closed meanwhile
-        channel._tls_pending = None
-        channel._tls = self
+        channel._pc_tls_pending = None
+        channel._pc_tls = self
         self._timer = self._call_later(self.handshake_timeout, self._handshake_timed_out)
         if channel.connected:
             self.state = HANDSHAKING
@@ -220,7 +220,7 @@ class TLSTransport:
         channel = self.channel
         if channel.connecting and not channel.connected:
             channel.handle_connect_event()
-        if channel.connected and self.state is WAIT_CONNECT and channel._tls is self:
+        if channel.connected and self.state is WAIT_CONNECT and channel._pc_tls is self:
             self.state = HANDSHAKING
             self._handshake()
 
@@ -250,7 +250,7 @@ class TLSTransport:
             self._connect_event()
             return
         channel = self.channel
-        only_ours = channel._extra_interest & WRITE
+        only_ours = channel._pc_extra_interest & WRITE
         if self.engine.wants_flush and not self._flush():
             return
         if state is ESTABLISHED:
@@ -280,7 +280,7 @@ class TLSTransport:
             data = engine.read(size)
             if data:
                 return data
-            if engine.at_eof and self.channel._tls is self:
+            if engine.at_eof and self.channel._pc_tls is self:
                 self.channel.handle_close()
                 return b""
         elif state is UNWRAPPED:
@@ -358,7 +358,7 @@ class TLSTransport:
         self._update_interest()
         channel = self.channel
         channel.handle_handshake()
-        if channel._tls is not self or self.state is not ESTABLISHED:
+        if channel._pc_tls is not self or self.state is not ESTABLISHED:
             return
         # Application data may have come with the peer's last flight.
         try:
@@ -389,7 +389,7 @@ class TLSTransport:
 
     def _handshake_timed_out(self) -> None:
         self._timer = None
-        if self.state in (HANDSHAKING, WAIT_CONNECT) and self.channel._tls is self:
+        if self.state in (HANDSHAKING, WAIT_CONNECT) and self.channel._pc_tls is self:
             self._handshake_failed(TimeoutError(
                 f"TLS handshake not complete after {self.handshake_timeout:g} s"))
 
@@ -423,7 +423,7 @@ class TLSTransport:
         if self._write_wants_read:
             self._write_wants_read = False
             self._update_interest()
-        return self.channel._tls is self
+        return self.channel._pc_tls is self
 
     def _deliver(self) -> None:
         """Call the program's ``handle_read()`` if there is something for
@@ -432,11 +432,11 @@ class TLSTransport:
         if not engine.buffered and not engine.at_eof:
             return  # only a session ticket, or half a record: not an EOF
         channel = self.channel
-        if channel._extra_interest & READ and not channel.readable():
+        if channel._pc_extra_interest & READ and not channel.readable():
             return
         channel.handle_read()
-        if engine.buffered and channel._tls is self and self.state is ESTABLISHED:
-            self._loop().add_ready(channel, READ)
+        if engine.buffered and channel._pc_tls is self and self.state is ESTABLISHED:
+            self._loop().add_ready(channel._fileno, READ)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -452,14 +452,14 @@ class TLSTransport:
             return False
         # In every state that flushes, the extra WRITE interest means
         # "bytes unsent": update it only when that changed (the hot path).
-        if done is bool(self.channel._extra_interest & WRITE):
+        if done is bool(self.channel._pc_extra_interest & WRITE):
             self._update_interest()
         return done
 
     # -- unwrapping -----------------------------------------------------------------------
 
     def _begin_shutdown(self) -> None:
-        if self.channel._tls is not self or self.state is not ESTABLISHED:
+        if self.channel._pc_tls is not self or self.state is not ESTABLISHED:
             return
         self._timer = self._call_later(self.shutdown_timeout, self._shutdown_timed_out)
         self._shutdown_step()
@@ -476,7 +476,7 @@ class TLSTransport:
                 self._protocol_error(exc)
             return
         self.state = engine.state
-        if not self._flush() and self.channel._tls is not self:
+        if not self._flush() and self.channel._pc_tls is not self:
             return
         if done:
             self._unwrapped()
@@ -492,13 +492,13 @@ class TLSTransport:
         channel = self.channel
         self._update_interest()
         if self._leftover:
-            self._loop().add_ready(channel, READ)
+            self._loop().add_ready(channel._fileno, READ)
         self._maybe_detach()
         channel.handle_unwrapped()
 
     def _shutdown_timed_out(self) -> None:
         self._timer = None
-        if self.state is SHUTTING_DOWN and self.channel._tls is self:
+        if self.state is SHUTTING_DOWN and self.channel._pc_tls is self:
             self._give_up(f"no close_notify from the peer within {self.shutdown_timeout:g} s")
 
     def _give_up(self, why: str) -> None:
@@ -519,8 +519,8 @@ class TLSTransport:
             channel.handle_read()
         else:
             self._plaintext(dispatcher.handle_read_event)
-        if self._leftover and channel._tls is self:
-            self._loop().add_ready(channel, READ)
+        if self._leftover and channel._pc_tls is self:
+            self._loop().add_ready(channel._fileno, READ)
         self._maybe_detach()
 
     def _read_leftover(self, size: int) -> bytes:
@@ -533,14 +533,14 @@ class TLSTransport:
     def _plaintext(self, method: Callable[..., Any], *args: Any) -> Any:
         """Run ``dispatcher``'s own plaintext ``method`` on the channel."""
         channel = self.channel
-        channel._tls = None
+        channel._pc_tls = None
         try:
             return method(channel, *args)
         finally:
             if channel._fileno is None:
                 self.state = CLOSED  # closed by the method (dispatcher.close)
-            elif channel._tls is None and self.state is UNWRAPPED:
-                channel._tls = self
+            elif channel._pc_tls is None and self.state is UNWRAPPED:
+                channel._pc_tls = self
 
     def _maybe_detach(self) -> None:
         if self.state is UNWRAPPED and not self._leftover and not self.engine.wants_flush:
@@ -594,17 +594,17 @@ class TLSTransport:
 
     def _set_interest(self, extra: int, withheld: int) -> None:
         channel = self.channel
-        if channel._extra_interest != extra or channel._withheld_interest != withheld:
-            channel._extra_interest = extra
-            channel._withheld_interest = withheld
+        if channel._pc_extra_interest != extra or channel._pc_withheld_interest != withheld:
+            channel._pc_extra_interest = extra
+            channel._pc_withheld_interest = withheld
             channel._interest_changed()
 
     def _detach(self) -> None:
         channel = self.channel
-        if channel._tls is self:
-            channel._tls = None
-        if channel._tls_pending is self:
-            channel._tls_pending = None
+        if channel._pc_tls is self:
+            channel._pc_tls = None
+        if channel._pc_tls_pending is self:
+            channel._pc_tls_pending = None
         self._set_interest(0, 0)
 
     def _loop(self) -> _loop.Loop:

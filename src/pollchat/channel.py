@@ -323,8 +323,8 @@ class dispatcher(TLSChannelMixin):
     def send(self, data: Any) -> int:
         """Send what the socket takes now; the count sent (0 if it would block
         or the peer is gone, in which case ``handle_close()`` ran)."""
-        if self._tls is not None:  # TLS (issue 14): pollchat.tls
-            return self._tls.send(data)  # type: ignore[no-any-return]
+        if self._pc_tls is not None:  # TLS (issue 14): pollchat.tls
+            return self._pc_tls.send(data)  # type: ignore[no-any-return]
         try:
             return self.socket.send(data)
         except OSError as why:
@@ -342,8 +342,8 @@ class dispatcher(TLSChannelMixin):
     def recv(self, buffer_size: int) -> bytes:
         """Receive up to ``buffer_size`` bytes; on end of stream or a
         disconnect, run ``handle_close()`` and return ``b''``."""
-        if self._tls is not None:  # TLS (issue 14): pollchat.tls
-            return self._tls.recv(buffer_size)  # type: ignore[no-any-return]
+        if self._pc_tls is not None:  # TLS (issue 14): pollchat.tls
+            return self._pc_tls.recv(buffer_size)  # type: ignore[no-any-return]
         sock = self.socket
         try:
             data = sock.recv(buffer_size)
@@ -363,8 +363,8 @@ class dispatcher(TLSChannelMixin):
 
     def close(self) -> None:
         """Leave the map and close the socket.  Safe to call twice."""
-        if self._tls is not None:  # TLS (issue 14): close_notify, timers
-            self._tls.closing()
+        if self._pc_tls is not None:  # TLS (issue 14): close_notify, timers
+            self._pc_tls.closing()
         self.connected = False
         self.accepting = False
         self.connecting = False
@@ -391,8 +391,8 @@ class dispatcher(TLSChannelMixin):
     # -- events -----------------------------------------------------------------------
 
     def handle_read_event(self) -> None:
-        if self._tls is not None:  # TLS (issue 14): handshake, decryption
-            self._tls.handle_read_event()
+        if self._pc_tls is not None:  # TLS (issue 14): handshake, decryption
+            self._pc_tls.handle_read_event()
             return
         if self.accepting:
             # A listener is readable when a connection is waiting.
@@ -414,8 +414,8 @@ class dispatcher(TLSChannelMixin):
         self._interest_changed()
 
     def handle_write_event(self) -> None:
-        if self._tls is not None:  # TLS (issue 14): handshake, unsent records
-            self._tls.handle_write_event()
+        if self._pc_tls is not None:  # TLS (issue 14): handshake, unsent records
+            self._pc_tls.handle_write_event()
             return
         if self.accepting:
             # Listeners are not watched for writes; ignore a stray event.

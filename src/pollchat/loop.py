@@ -411,8 +411,8 @@ class Loop:
         # TLS (issue 14) -- what the channel's transport needs whatever the
         # predicates say (a handshake waiting for the peer, encrypted bytes
         # not yet sent), and what it withholds from them meanwhile.
-        extra = getattr(channel, "_extra_interest", 0)
-        withheld = getattr(channel, "_withheld_interest", 0)
+        extra = getattr(channel, "_pc_extra_interest", 0)
+        withheld = getattr(channel, "_pc_withheld_interest", 0)
         if extra or withheld:
             mask = (mask & ~withheld) | extra
         if self._parked and fd in self._parked:
@@ -458,15 +458,17 @@ class Loop:
     # channel's registered interest does not include (reading paused, say)
     # are parked and queued again when a re-sync gives it that interest.
 
-    def add_ready(self, channel: Any, events: int) -> None:
-        """Dispatch ``events`` (``READ``/``WRITE``) to ``channel`` on the next
-        pass, as if the kernel had reported them, without waiting in poll.
+    def add_ready(self, fd: Any, events: int) -> None:
+        """Dispatch ``events`` (``READ``/``WRITE``) to the channel at map key
+        ``fd`` on the next pass, as if the kernel had reported them, without
+        waiting in poll.
 
-        Delivered only while ``channel`` is in the map and its interest
-        includes them; otherwise they wait (parked) until it does.  O(1).
+        Delivered only to the channel in the map now, and only while its
+        interest includes them; otherwise they wait (parked, costing no
+        pass anything) until a re-sync gives it that interest.  O(1).
         """
-        fd = getattr(channel, "_fileno", None)
-        if fd is None or self.map.get(fd) is not channel:
+        channel = self.map.get(fd)
+        if channel is None:
             return
         queued = self._ready.get(fd)
         if queued is not None and queued[0] is channel:
@@ -495,7 +497,7 @@ class Loop:
             del self._parked[fd]
         elif wanted & mask:
             del self._parked[fd]
-            self.add_ready(channel, wanted)
+            self.add_ready(fd, wanted)
 
     # -- flow control and timeouts -----------------------------------------------
 

@@ -56,14 +56,14 @@ class TLSChannelMixin:
 
     #: The active TLS transport, or None.  ``recv``/``send`` and the event
     #: handlers of ``dispatcher`` hand over to it while it is set.
-    _tls: Any = None
+    _pc_tls: Any = None
     #: A transport waiting for queued plaintext output to be sent (STARTTLS).
-    _tls_pending: Any = None
+    _pc_tls_pending: Any = None
     #: Interest the transport needs whatever ``readable()``/``writable()``
     #: say, and interest it withholds from them meanwhile (masks of
     #: ``pollchat.backends.READ``/``WRITE``/``PRI``), read by the loop.
-    _extra_interest = 0
-    _withheld_interest = 0
+    _pc_extra_interest = 0
+    _pc_withheld_interest = 0
 
     def start_tls(self, context: ssl.SSLContext, *, server_side: bool = False,
                   server_hostname: Optional[str] = None,
@@ -144,7 +144,7 @@ class TLSChannelMixin:
         ``selected_alpn_protocol()``, ``cipher()``, ``session``,
         ``session_reused``...
         """
-        tls = self._tls
+        tls = self._pc_tls
         return tls.active_ssl_object() if tls is not None else None
 
     def handle_handshake(self) -> None:
@@ -244,4 +244,4 @@ def legacy_pending(channel: Any, sock: Any) -> None:
     if waiting:
         loop = _loop.loop_for_map(channel._map)
         if loop is not None:
-            loop.add_ready(channel, READ)
+            loop.add_ready(channel._fileno, READ)
