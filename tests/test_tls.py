@@ -338,3 +338,20 @@ def test_renegotiation_is_refused_on_server_contexts_unless_allowed(loop, tls_se
     finally:
         a.close()
         b.close()
+
+
+def test_client_refuses_an_untrusted_server(loop, caplog, fd_leak_check, tls_server_context):
+    """The client's handle_handshake_failed() gets the verification error,
+    with OpenSSL's reason; the server logs one line; nothing leaks."""
+    caplog.set_level(logging.INFO, logger="pollchat")
+    server = Listener(loop, tls_session(tls_server_context))
+    client = LineClient(loop, server.address, ssl.create_default_context())
+    run_until(loop, lambda: client.events and server.sessions and server.sessions[0].events)
+    kind, exc = client.events[0]
+    assert kind == "handshake_failed" and isinstance(exc, ssl.SSLCertVerificationError)
+    assert server.sessions[0].events[0][0] == "handshake_failed"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("certificate verify failed" in m for m in messages), messages
+    assert client.socket.fileno() < 0
+    run_until(loop, lambda: server.sessions[0].socket.fileno() < 0)
+    server.close()

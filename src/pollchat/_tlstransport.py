@@ -172,6 +172,10 @@ class _AfterOutput:
 class TLSTransport:
     """TLS on one channel (see the module docstring).  Made by ``start_tls``."""
 
+    __slots__ = ("channel", "engine", "ssl_object", "server_side", "state",
+                 "handshake_timeout", "shutdown_timeout", "_timer", "_unwrap_requested",
+                 "_write_wants_read", "_leftover")
+
     def __init__(self, channel: Any, engine: TLSEngine, server_side: bool,
                  handshake_timeout: Optional[float], shutdown_timeout: Optional[float]) -> None:
         self.channel = channel

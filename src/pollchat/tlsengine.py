@@ -92,6 +92,11 @@ class TLSEngine:
             missing while the context checks hostnames, say).
     """
 
+    # One per TLS connection, 10,000s of them on a busy server.
+    __slots__ = ("_sock", "_incoming", "_outgoing", "ssl_object", "state", "unsent",
+                 "eof_received", "close_notify_received", "ragged_eof", "buffered", "_plain",
+                 "_close_notify_sent")
+
     def __init__(self, sock: Any, context: ssl.SSLContext, *, server_side: bool,
                  server_hostname: Optional[str] = None,
                  session: Optional[ssl.SSLSession] = None, unsent: bytes = b"") -> None:
