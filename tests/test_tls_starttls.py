@@ -181,10 +181,10 @@ def test_unwrap_gives_up_when_the_peer_does_not_answer(loop, caplog, tls_server_
                for r in caplog.records)
 
 
-def test_plaintext_right_after_the_peers_close_notify_is_delivered(loop, tls_server_context,
-                                                                   tls_client_context):
-    """The peer's close_notify and its first plaintext arrive in one read:
-    the plaintext is not lost in TLS's buffers, nor taken for TLS."""
+def unwrap_with_plaintext_behind(loop, tls_server_context, tls_client_context, plain_after):
+    """STARTTLS, then UNWRAP from a hand-driven client that sends its
+    close_notify and ``plain_after`` in one send.  Returns (session, client)
+    once the server processed the first line of ``plain_after``."""
     server = Listener(loop, starttls_session(tls_server_context))
     raw = socket.create_connection(server.address)
     raw.sendall(b"STARTTLS\n")
@@ -213,9 +213,50 @@ def test_plaintext_right_after_the_peers_close_notify_is_delivered(loop, tls_ser
                 return False
 
         run_until(loop, unwrapped)
-        client.send(b"", plain_after=b"PLAIN AGAIN\n")
-        run_until(loop, lambda: session.lines[-1:] == [b"PLAIN AGAIN"])
+        client.send(b"", plain_after=plain_after)
+        run_until(loop, lambda: session.lines[-1:] == [plain_after.split(b"\n")[0]])
         assert ("unwrapped",) in session.events
-        assert session.get_ssl_object() is None
+    except BaseException:
+        raw.close()
+        raise
+    return session, client
+
+
+def test_plaintext_right_after_the_peers_close_notify_is_delivered(loop, tls_server_context,
+                                                                   tls_client_context):
+    """The peer's close_notify and its first plaintext arrive in one read:
+    the plaintext is not lost in TLS's buffers, nor taken for TLS."""
+    session, client = unwrap_with_plaintext_behind(loop, tls_server_context,
+                                                   tls_client_context, b"PLAIN AGAIN\n")
+    client.close()
+    assert session.get_ssl_object() is None
+
+
+def test_starttls_again_right_behind_the_peers_close_notify(loop, tls_server_context,
+                                                            tls_client_context):
+    """STARTTLS sent in the same packet as the close_notify that ended the
+    previous TLS session: the server upgrades again; what followed the
+    command in that packet is discarded as pipelined plaintext."""
+    session, client = unwrap_with_plaintext_behind(
+        loop, tls_server_context, tls_client_context, b"STARTTLS\nINJECTED\n")
+    raw = client.sock
+    got = b""
+
+    def read_reply():
+        nonlocal got
+        try:
+            got += raw.recv(100)
+        except BlockingIOError:
+            pass
+
+    run_until(loop, lambda: b"220 go ahead\n" in got, between=read_reply)
+    again = BIOClient(tls_client_context, sock=raw)
+    try:
+        run_until(loop, lambda: again.handshake_done
+                  and [e[0] for e in session.events].count("handshake") == 2,
+                  between=again.pump)
+        again.send(b"SECOND\n")
+        run_until(loop, lambda: session.lines[-1:] == [b"SECOND"], between=again.pump)
     finally:
         raw.close()
+    assert b"INJECTED" not in session.lines

@@ -83,7 +83,9 @@ def start_tls(channel: Any, context: ssl.SSLContext, *, server_side: bool,
     sock = channel.socket
     if sock is None or channel._fileno is None:
         raise ValueError(f"{channel!r} has no open socket: create or accept it first")
-    if channel._pc_tls is not None or channel._pc_tls_pending is not None:
+    previous = channel._pc_tls
+    if previous is not None and previous.state is not UNWRAPPED \
+            or channel._pc_tls_pending is not None:
         raise ValueError(f"TLS is already on (or starting) on {channel!r}")
     if channel.accepting:
         raise ValueError("a listening channel cannot start TLS: start it on each "
@@ -104,14 +106,27 @@ def start_tls(channel: Any, context: ssl.SSLContext, *, server_side: bool,
         # A client that renegotiates at will costs the server a handshake
         # each time (CVE-2011-1473); TLS 1.3 has no renegotiation at all.
         context.options |= _NO_RENEGOTIATION
+    # The engine first (wrap_bio() may still refuse the arguments); only
+    # then change the channel.
+    engine = TLSEngine(sock, context, server_side=server_side,
+                       server_hostname=server_hostname, session=session)
+    _discard_pipelined_input(channel, previous)
     unsent = b""
+    if previous is not None:
+        # TLS again right after an unwrap: our close_notify, if the kernel
+        # has not taken it yet, goes out before anything else.
+        unsent = previous.engine.take_unsent()
+        previous.state = CLOSED
+        previous._detach()
     if isinstance(channel, dispatcher_with_send) and channel.out_buffer:
         # The end of the plaintext reply goes out before the first TLS record.
-        unsent, channel.out_buffer = bytes(channel.out_buffer), b""
-    engine = TLSEngine(sock, context, server_side=server_side,
-                       server_hostname=server_hostname, session=session, unsent=unsent)
+        unsent += bytes(channel.out_buffer)
+        channel.out_buffer = b""
+    elif unsent and isinstance(channel, async_chat) and channel.producer_fifo:
+        channel.producer_fifo.appendleft(unsent)  # before the queued plaintext
+        unsent = b""
+    engine.unsent = unsent
     transport = TLSTransport(channel, engine, server_side, handshake_timeout, shutdown_timeout)
-    _discard_pipelined_input(channel)
     if isinstance(channel, async_chat) and channel.producer_fifo:
         transport.state = WAIT_OUTPUT
         channel._pc_tls_pending = transport
@@ -144,14 +159,21 @@ def unwrap_tls(channel: Any) -> None:
     transport._begin_shutdown()
 
 
-def _discard_pipelined_input(channel: Any) -> None:
+def _discard_pipelined_input(channel: Any, previous: Optional[TLSTransport]) -> None:
+    """Drop what was received after the command that starts TLS: an
+    async_chat's unprocessed input, and plaintext that followed the peer's
+    ``close_notify`` if TLS is started again right after an unwrap."""
+    waiting = 0
+    if previous is not None:
+        waiting += len(previous._leftover)
+        previous._leftover = b""
     if isinstance(channel, async_chat):
-        waiting = len(channel.ac_in_buffer)
-        if waiting:
-            logger.warning("%s: discarding %d bytes received after the command that "
-                           "started TLS (pipelined plaintext is never executed)",
-                           _peer_name(channel), waiting)
-            channel.ac_in_buffer = b""
+        waiting += len(channel.ac_in_buffer)
+        channel.ac_in_buffer = b""
+    if waiting:
+        logger.warning("%s: discarding %d bytes received after the command that "
+                       "started TLS (pipelined plaintext is never executed)",
+                       _peer_name(channel), waiting)
 
 
 class _AfterOutput:

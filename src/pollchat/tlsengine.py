@@ -84,8 +84,6 @@ class TLSEngine:
         server_hostname: the name to check the server's certificate against
             (and send as SNI); client side only.
         session: an :class:`ssl.SSLSession` to resume (client side).
-        unsent: bytes to send before any TLS record (the end of a plaintext
-            reply that announced STARTTLS).
 
     Raises:
         ValueError: from :meth:`ssl.SSLContext.wrap_bio` (``server_hostname``
@@ -99,7 +97,7 @@ class TLSEngine:
 
     def __init__(self, sock: Any, context: ssl.SSLContext, *, server_side: bool,
                  server_hostname: Optional[str] = None,
-                 session: Optional[ssl.SSLSession] = None, unsent: bytes = b"") -> None:
+                 session: Optional[ssl.SSLSession] = None) -> None:
         self._sock = sock
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
@@ -107,8 +105,9 @@ class TLSEngine:
             self._incoming, self._outgoing, server_side=server_side,
             server_hostname=server_hostname, session=session)
         self.state = HANDSHAKING
-        #: Raw bytes produced but not yet taken by the kernel.
-        self.unsent: Union[bytes, memoryview] = unsent
+        #: Raw bytes produced but not yet taken by the kernel (a caller may
+        #: set it first to plaintext that must precede the first record).
+        self.unsent: Union[bytes, memoryview] = b""
         #: The socket reached end of file (or was reset).
         self.eof_received = False
         #: The peer's ``close_notify`` arrived (clean end of TLS).
@@ -169,6 +168,14 @@ class TLSEngine:
         # Retry exactly these bytes next time: a view, not a copy.
         self.unsent = (unsent if isinstance(unsent, memoryview) else memoryview(unsent))[sent:]
         return False
+
+    def take_unsent(self) -> bytes:
+        """Remove and return every raw byte not sent yet (for a new engine on
+        the same socket, after an unwrap)."""
+        if self._outgoing.pending:
+            self.unsent = bytes(self.unsent) + self._outgoing.read()
+        unsent, self.unsent = bytes(self.unsent), b""
+        return unsent
 
     @property
     def wants_flush(self) -> bool:
