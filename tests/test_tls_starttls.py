@@ -181,11 +181,14 @@ def test_unwrap_gives_up_when_the_peer_does_not_answer(loop, caplog, tls_server_
                for r in caplog.records)
 
 
-def unwrap_with_plaintext_behind(loop, tls_server_context, tls_client_context, plain_after):
+def unwrap_with_plaintext_behind(loop, tls_server_context, tls_client_context, plain_after,
+                                 in_buffer=65536):
     """STARTTLS, then UNWRAP from a hand-driven client that sends its
     close_notify and ``plain_after`` in one send.  Returns (session, client)
     once the server processed the first line of ``plain_after``."""
-    server = Listener(loop, starttls_session(tls_server_context))
+    session_class = starttls_session(tls_server_context)
+    session_class.ac_in_buffer_size = in_buffer
+    server = Listener(loop, session_class)
     raw = socket.create_connection(server.address)
     raw.sendall(b"STARTTLS\n")
     run_until(loop, lambda: server.sessions and server.sessions[0].lines)
@@ -232,13 +235,18 @@ def test_plaintext_right_after_the_peers_close_notify_is_delivered(loop, tls_ser
     assert session.get_ssl_object() is None
 
 
-def test_starttls_again_right_behind_the_peers_close_notify(loop, tls_server_context,
+@pytest.mark.parametrize("in_buffer", [65536, 4])
+def test_starttls_again_right_behind_the_peers_close_notify(loop, caplog, in_buffer,
+                                                            tls_server_context,
                                                             tls_client_context):
     """STARTTLS sent in the same packet as the close_notify that ended the
     previous TLS session: the server upgrades again; what followed the
-    command in that packet is discarded as pipelined plaintext."""
+    command in that packet is discarded as pipelined plaintext, whether the
+    program had read it (ac_in_buffer) or not (a 4-byte ac_in_buffer_size
+    leaves it with the unwrapped transport)."""
+    caplog.set_level(logging.WARNING, logger="pollchat")
     session, client = unwrap_with_plaintext_behind(
-        loop, tls_server_context, tls_client_context, b"STARTTLS\nINJECTED\n")
+        loop, tls_server_context, tls_client_context, b"STARTTLS\nINJECTED\n", in_buffer)
     raw = client.sock
     got = b""
 
@@ -260,3 +268,4 @@ def test_starttls_again_right_behind_the_peers_close_notify(loop, tls_server_con
     finally:
         raw.close()
     assert b"INJECTED" not in session.lines
+    assert any("discarding 9 bytes" in r.getMessage() for r in caplog.records)
