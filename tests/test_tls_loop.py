@@ -138,3 +138,15 @@ def test_paused_reading_with_decrypted_bytes_resumes_without_traffic(
     server.sessions[0].resume_reading()
     run_until(loop, lambda: len(received) >= len(message))
     assert bytes(received) == message
+
+
+def test_plaintext_programs_do_not_import_ssl():
+    """TLS costs a plaintext program nothing, not even the ssl import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pollchat, pollchat.asyncore, pollchat.asynchat, pollchat.chatserver; "
+            "print('ssl' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "False"
