@@ -3,6 +3,7 @@
 Usage: python conformance_runner.py TEST_FILE
                                     [--standin kqueue|devpoll|kqueue-libkqueue]
                                     [--divergence TEST_NAME=REASON ...]
+                                    [--select PATTERN ...]
 
 ``pollchat.asyncore``/``pollchat.asynchat``/``pollchat.smtpd`` are put in
 ``sys.modules`` under the standard names first, so the test file's ``import
@@ -14,7 +15,9 @@ with ``kqueue-libkqueue`` kqueue on libkqueue (tests/kqueue_libkqueue.py,
 which finds the library as tests/libkqueue_build.py says).
 ``--divergence`` marks a CPython test as skipped, with its reason, where a
 backend documents that it cannot do what the test asserts (README: "What
-differs").  Exit status 0 when every other test passed.
+differs").  ``--select`` runs only the tests matching a pattern (unittest's
+``-k``): the asyncore parts of a larger file such as test_ssl.py.  Exit
+status 0 when every other test passed.
 """
 
 import argparse
@@ -30,6 +33,7 @@ def main() -> int:
     parser.add_argument("--standin", choices=("kqueue", "devpoll", "kqueue-libkqueue"))
     parser.add_argument("--divergence", action="append", default=[],
                         metavar="TEST_NAME=REASON")
+    parser.add_argument("--select", action="append", default=[], metavar="PATTERN")
     args = parser.parse_args()
 
     if args.standin:
@@ -67,7 +71,10 @@ def main() -> int:
 
     from pollchat import get_loop
 
-    result = unittest.main(module=module, argv=["conformance", "-v"], exit=False).result
+    argv = ["conformance", "-v"]
+    for pattern in args.select:
+        argv += ["-k", pattern]
+    result = unittest.main(module=module, argv=argv, exit=False).result
     # Prove the tests ran on the backend we meant (a loop may be gone by now:
     # make one for an empty map and ask).
     probe = get_loop({})

@@ -198,3 +198,37 @@ def tcp_pair():
     yield client, server
     client.close()
     server.close()
+
+
+# -- TLS (issue 14): certificates made for the test run ------------------------------
+
+
+@pytest.fixture(scope="session")
+def tls_ca():
+    """A throw-away certificate authority (trustme), with a certificate for
+    ``localhost`` issued by an intermediate CA (so the server sends a chain)."""
+    trustme = pytest.importorskip("trustme", reason="TLS tests need trustme (the test extra)")
+    ca = trustme.CA()
+    return ca, ca.create_child_ca().issue_cert("localhost", "127.0.0.1")
+
+
+@pytest.fixture
+def tls_server_context(tls_ca):
+    """A fresh server-side ``ssl.SSLContext`` for ``localhost``."""
+    import ssl
+
+    _, cert = tls_ca
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def tls_client_context(tls_ca):
+    """A fresh client-side ``ssl.SSLContext`` trusting the test CA."""
+    import ssl
+
+    ca, _ = tls_ca
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context

@@ -1,7 +1,7 @@
-"""CPython 3.11's own test_asyncore.py, test_asynchat.py and test_smtpd.py,
-run against pollchat on every backend, in a subprocess each (they use the default map and
-module state).  On Python 3.12+ the files are read from the pyenv 3.11
-installation, never copied here."""
+"""CPython 3.11's own test_asyncore.py, test_asynchat.py and test_smtpd.py, and
+the asyncore parts of test_ssl.py, run against pollchat on every backend, in a
+subprocess each (they use the default map and module state).  On Python 3.12+
+the files are read from the pyenv 3.11 installation, never copied here."""
 
 import glob
 import os
@@ -59,3 +59,32 @@ def test_cpython_suite_passes(suite, backend_variant, libkqueue):
         assert "conformance kernel object: kqueue_libkqueue.kqueue" in proc.stderr
     ran = re.search(r"Ran (\d+) tests?", proc.stderr)
     assert ran and int(ran.group(1)) >= 10, tail
+
+
+# test_ssl.py's asyncore parts: the tests that run its AsyncoreEchoServer (a
+# legacy dispatcher_with_send around an SSLSocket it wraps itself).
+SSL_ASYNCORE_TESTS = ["test_asyncore_server"]
+
+
+@pytest.mark.timeout(300)
+def test_cpython_ssl_asyncore_parts_pass(backend_name, standin):
+    if sys.version_info < (3, 11):
+        pytest.skip("CPython 3.11's test files need the test.support of Python 3.11+ "
+                    "(warnings_helper.import_deprecated); they run under 3.11, 3.12, 3.13")
+    if TEST_DIR is None or not os.path.exists(os.path.join(TEST_DIR, "test_ssl.py")):
+        pytest.skip("CPython 3.11's test_ssl.py is not installed (looked in the running "
+                    "Python and under $PYENV_ROOT/versions/3.11*)")
+    env = dict(os.environ, POLLCHAT_BACKEND=backend_name, PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, RUNNER, os.path.join(TEST_DIR, "test_ssl.py")]
+    for name in SSL_ASYNCORE_TESTS:
+        cmd += ["--select", name]
+    if standin:
+        cmd += ["--standin", backend_name]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280, check=False)
+    tail = proc.stderr[-4000:]
+    assert proc.returncode == 0, f"test_ssl.py's asyncore parts failed on {backend_name}:\n{tail}"
+    assert f"conformance backend: {backend_name}" in proc.stderr
+    for name in SSL_ASYNCORE_TESTS:
+        assert re.search(rf"^{name} \(.*?\.\.\. ok$", proc.stderr, re.M | re.S), tail
+    ran = re.search(r"Ran (\d+) tests?", proc.stderr)
+    assert ran and int(ran.group(1)) == len(SSL_ASYNCORE_TESTS), tail

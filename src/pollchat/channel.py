@@ -47,6 +47,7 @@ from . import maps
 from .dispatch import DISCONNECTED, REraised, compact_traceback
 from .dispatch import strerror as _strerror
 from .interest import managed_interest
+from .tls import TLSChannelMixin, is_ssl_error, legacy_pending, legacy_send_error
 
 __all__ = ["close_all", "dispatcher", "dispatcher_with_send", "managed_predicate", "observed",
            "overridable"]
@@ -54,7 +55,8 @@ __all__ = ["close_all", "dispatcher", "dispatcher_with_send", "managed_predicate
 logger = logging.getLogger("pollchat")
 
 # The real socket class, for checks that must not follow a rebinding of the
-# module global `socket` (a test's fake socket module has no such class).
+# module global `socket` (a test's fake socket module has no such class), and
+# to tell a plain socket from a program's own SSLSocket on the read path.
 _socket_class = socket.socket
 
 # repr() shows the legacy module names, as programs written for asyncore
@@ -177,11 +179,12 @@ def _observed_slot(cls: type, name: str) -> Optional[str]:
     return None
 
 
-class dispatcher:
+class dispatcher(TLSChannelMixin):
     """A thin wrapper around a non-blocking socket, driven by the loop.
 
     Subclass it and override the ``handle_*`` methods.  See CPython's asyncore
-    documentation; everything there holds here.
+    documentation; everything there holds here.  TLS: :meth:`start_tls`
+    (:mod:`pollchat.tls`).
     """
 
     debug = False
@@ -241,6 +244,14 @@ class dispatcher:
     def __init__(self, sock: Any = None, map: Optional[Dict[Any, Any]] = None) -> None:
         self._map = maps.get_socket_map() if map is None else map
         self._fileno = None
+        # Read on every event: copied here as instance values, because
+        # CPython 3.11 loads those much faster than class defaults (8 bytes
+        # each).  A subclass may have changed the defaults (__init_subclass__).
+        cls = type(self)
+        self._pc_tls = None
+        self._pc_accepting = cls._pc_accepting
+        self._pc_connected = cls._pc_connected
+        self._pc_connecting = cls._pc_connecting
         if sock:
             _check_open(sock)
             # Non-blocking before anything else can touch it.
@@ -491,9 +502,15 @@ class dispatcher:
     def send(self, data: Any) -> int:
         """Send what the socket takes now; the count sent (0 if it would block
         or the peer is gone, in which case ``handle_close()`` ran)."""
+        if self._pc_tls is not None:
+            return self._pc_tls.send(data)  # type: ignore[no-any-return]
         try:
             return self.socket.send(data)  # type: ignore[no-any-return]
         except OSError as why:
+            if is_ssl_error(why):  # a program's own SSLSocket: not an OS errno
+                if legacy_send_error(why):
+                    return 0  # SSLWantWrite: the caller retries the same bytes
+                raise
             if why.errno == EWOULDBLOCK:
                 return 0
             if why.errno in DISCONNECTED:
@@ -504,20 +521,29 @@ class dispatcher:
     def recv(self, buffer_size: int) -> bytes:
         """Receive up to ``buffer_size`` bytes; on end of stream or a
         disconnect, run ``handle_close()`` and return ``b''``."""
+        if self._pc_tls is not None:
+            return self._pc_tls.recv(buffer_size)  # type: ignore[no-any-return]
+        sock = self.socket
         try:
-            data: bytes = self.socket.recv(buffer_size)
+            data: bytes = sock.recv(buffer_size)
         except OSError as why:
-            if why.errno in DISCONNECTED:
+            if why.errno in DISCONNECTED and not is_ssl_error(why):
                 self.handle_close()
                 return b""
             raise
         if not data:
             self.handle_close()
             return b""
+        if type(sock) is not _socket_class:
+            # A program's own SSLSocket may hold the rest of a record that
+            # the kernel cannot report: have the loop come back for it.
+            legacy_pending(self, sock)
         return data
 
     def close(self) -> None:
         """Leave the map and close the socket.  Safe to call twice."""
+        if self._pc_tls is not None:
+            self._pc_tls.closing()  # close_notify if it can go now, timers
         self._pc_connected = False
         self._pc_accepting = False
         self._pc_connecting = False
@@ -544,6 +570,9 @@ class dispatcher:
     # -- events -----------------------------------------------------------------------
 
     def handle_read_event(self) -> None:
+        if self._pc_tls is not None:
+            self._pc_tls.handle_read_event()  # the handshake, decrypting
+            return
         if self._pc_accepting:
             # A listener is readable when a connection is waiting.
             if self.proxy_protocol or _worker is not None:
@@ -567,6 +596,9 @@ class dispatcher:
         self._interest_changed()
 
     def handle_write_event(self) -> None:
+        if self._pc_tls is not None:
+            self._pc_tls.handle_write_event()  # the handshake, unsent records
+            return
         if self._pc_accepting:
             # Listeners are not watched for writes; ignore a stray event.
             return

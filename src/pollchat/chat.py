@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from . import dispatch as _events
 from .channel import dispatcher, managed_predicate, observed, overridable
-from .dispatch import REraised
+from .dispatch import REraised, is_ssl_error
 from .producers import (
     OutputQueue,
     byte_view,
@@ -288,7 +288,9 @@ class async_chat(dispatcher):
             data = self.recv(self.ac_in_buffer_size)
         except BlockingIOError:
             return
-        except OSError:
+        except OSError as why:
+            if is_ssl_error(why, "SSLWantReadError"):
+                return  # a program's own SSLSocket in the middle of a record
             self.handle_error()
             return
         if type(data) is not bytes:

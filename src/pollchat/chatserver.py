@@ -112,6 +112,8 @@ class ChatSession(asynchat.async_chat):
 
     def __init__(self, server: ChatServer, sock: socket.socket, addr: Any) -> None:
         super().__init__(sock, map=server.loop.map)
+        if server.ssl_context is not None:
+            self.start_tls(server.ssl_context, server_side=True)
         self.server = server
         self.peer = _format_address(addr)
         self.nick = ""
@@ -199,6 +201,11 @@ class ChatSession(asynchat.async_chat):
             self._reason = "too slow: not reading"
             self.server.loop.call_later(0, self.close)
 
+    def handle_handshake(self) -> None:
+        # Over TLS a client joins the room once its handshake completed: a
+        # port scanner never shows up as a guest.
+        self.server._join_or_close(self)
+
     # -- closing ----------------------------------------------------------------------
 
     def handle_close(self) -> None:
@@ -230,6 +237,8 @@ class ChatServer(asyncore.dispatcher):
         proxy_protocol: expect a PROXY protocol header on every connection
             (behind HAProxy or nginx): clients are shown with the address it
             carries.
+        ssl_context: serve over TLS with this server-side ``ssl.SSLContext``
+            (:func:`pollchat.tls.server_context` makes one from PEM files).
 
     Raises:
         OSError: cannot listen there (``EADDRINUSE``...), or ``host`` does not
@@ -241,7 +250,7 @@ class ChatServer(asyncore.dispatcher):
                  loop: Optional[Loop] = None, backend: Union[BackendName, str, None] = None,
                  max_line: int = DEFAULT_MAX_LINE,
                  max_backlog: int = DEFAULT_MAX_BACKLOG, listen_backlog: int = 128,
-                 proxy_protocol: bool = False) -> None:
+                 proxy_protocol: bool = False, ssl_context: Any = None) -> None:
         if max_line < 1:
             raise ValueError(f"max_line must be at least 1, not {max_line}")
         family, _, _, _, sockaddr = socket.getaddrinfo(
@@ -251,6 +260,7 @@ class ChatServer(asyncore.dispatcher):
         super().__init__(map=self.loop.map)
         self.max_line = max_line
         self.max_backlog = max_backlog
+        self.ssl_context = ssl_context
         self.sessions: Dict[str, ChatSession] = {}  # casefolded nick -> session
         self._guests = itertools.count(1)
         # Departures not yet announced: (when, line), "when" on the _clock
@@ -289,6 +299,10 @@ class ChatServer(asyncore.dispatcher):
             logger.debug("dropped a connection from %s: %s", _format_address(addr), exc)
             sock.close()
             return
+        if self.ssl_context is None:
+            self._join_or_close(session)  # over TLS: once the handshake completed
+
+    def _join_or_close(self, session: ChatSession) -> None:
         try:
             self.join(session)
         except BaseException:
@@ -405,8 +419,9 @@ class ChatServer(asyncore.dispatcher):
         deadline = time.monotonic() + grace
         while self.sessions and time.monotonic() < deadline:
             self.loop.run_once(min(0.05, max(0.0, deadline - time.monotonic())))
-        for session in list(self.sessions.values()):
-            session.close()
+        for channel in list(self.loop.map.values()):
+            if isinstance(channel, ChatSession):  # joined, or still in its TLS handshake
+                channel.close()
         if self._own_loop:
             self.loop.close()
         logger.info("stopped")

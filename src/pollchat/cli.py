@@ -57,6 +57,8 @@ examples:
   pollchat chat                               listen on 127.0.0.1:7000
   pollchat chat --host 0.0.0.0 --port 7777    listen on every interface
   pollchat chat --port 0 --verbose            any free port (logged), every line logged
+  pollchat chat --certfile cert.pem --keyfile key.pem
+                                              over TLS (openssl s_client -connect 127.0.0.1:7000)
 
 then, in other terminals:  nc 127.0.0.1 7000   or   telnet 127.0.0.1 7000
 commands for clients: /nick NAME, /who, /quit [MESSAGE], /help; anything else is
@@ -202,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-line", type=_positive, default=512, metavar="BYTES",
                       help="longest line accepted; longer ones are dropped and their "
                            "sender told (default: %(default)s)")
+    chat.add_argument("--certfile", metavar="CERT",
+                      help="serve over TLS with this PEM certificate chain (the key too, "
+                           "unless --keyfile)")
+    chat.add_argument("--keyfile", metavar="KEY",
+                      help="the PEM private key for --certfile")
     chat.add_argument("--no-raise-fd-limit", dest="raise_fd_limit", action="store_false",
                       help="leave the soft open-file limit (RLIMIT_NOFILE) as it is")
     _add_proxy_option(chat, "the server accepts")
@@ -559,18 +566,19 @@ def _chat(ns: argparse.Namespace) -> int:
                         format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
                         stream=sys.stderr)
     log = logging.getLogger("pollchat.chat")
+    context = _tls_context(ns.certfile, ns.keyfile)
     limit_text = _fd_limit_report(ns.raise_fd_limit)
     try:
         server = ChatServer(ns.host, ns.port, backend=backend, max_line=ns.max_line,
-                            proxy_protocol=ns.proxy_protocol)
+                            proxy_protocol=ns.proxy_protocol, ssl_context=context)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         host = f"[{ns.host}]" if ":" in ns.host else ns.host
         raise _CliError(f"cannot listen on {host}:{ns.port}: {reason}") from None
     host, port = server.address
     shown = f"[{host}]" if ":" in host else host
-    log.info("listening on %s:%d (backend %s, %s; max line %d bytes%s); %s; Ctrl-C to stop",
-             shown, port, backend, origin, ns.max_line,
+    log.info("listening on %s:%d%s (backend %s, %s; max line %d bytes%s); %s; Ctrl-C to stop",
+             shown, port, " over TLS" if context else "", backend, origin, ns.max_line,
              "; PROXY protocol expected" if ns.proxy_protocol else "", limit_text)
     _warn_of_fd_cap(log, backend, "server", "clients")
 
@@ -591,6 +599,29 @@ def _chat(ns: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _tls_context(certfile: Optional[str], keyfile: Optional[str]) -> Any:
+    """The chat's server-side TLS context, or None without --certfile.
+
+    Raises:
+        _CliError: --keyfile alone (status 2); a file that cannot be read or
+            holds no valid certificate/key (status 1).
+    """
+    if certfile is None:
+        if keyfile is not None:
+            raise _CliError("--keyfile needs --certfile", 2)
+        return None
+    import ssl
+
+    from .tls import server_context
+
+    try:
+        return server_context(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise _CliError(f"cannot use the TLS certificate {certfile!r}"
+                        f"{f' and key {keyfile!r}' if keyfile else ''}: {reason}") from None
 
 
 # -- main ----------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from .backends import CLOSE_EVENTS, PRI, READ, WRITE
 
 __all__ = ["DISCONNECTED", "ErrorPolicy", "ExitNow", "REraised", "call_handler",
-           "compact_traceback", "dispatch", "exception", "read", "strerror", "write"]
+           "compact_traceback", "dispatch", "exception", "is_ssl_error", "read", "strerror",
+           "write"]
 
 logger = logging.getLogger("pollchat")
 
@@ -150,8 +151,17 @@ def _run_handlers(obj: Any, events: int, key: Any, map: Optional[Dict[Any, Any]]
         obj.handle_close()
 
 
+def is_ssl_error(exc: BaseException, kind: str = "SSLError") -> bool:
+    """Whether ``exc`` is an :class:`ssl.SSLError` (or the subclass named
+    ``kind``), whose ``errno`` is an OpenSSL code, not an OS errno.  Never
+    imports :mod:`ssl`: without it no such error can exist."""
+    ssl_module = sys.modules.get("ssl")
+    return ssl_module is not None and isinstance(exc, getattr(ssl_module, kind))
+
+
 def _handler_os_error(obj: Any, exc: OSError, key: Any, map: Optional[Dict[Any, Any]]) -> None:
-    if exc.errno not in DISCONNECTED:
+    # An ssl.SSLError's errno is an OpenSSL code, never an OS errno.
+    if exc.errno not in DISCONNECTED or is_ssl_error(exc):
         obj.handle_error()
     elif map is None or map.get(key) is obj:
         obj.handle_close()

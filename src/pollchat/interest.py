@@ -92,13 +92,17 @@ def polls_predicates(channel: Any, map: Mapping[Any, Any]) -> bool:
 def wanted_events(channel: Any) -> int:
     """The events ``channel`` wants watched, as CPython's ``poll2()`` computes
     them (``readable()`` then ``writable()``; a listener is never watched for
-    writes), then narrowed by paused reading and widened by what its
-    transport needs (TLS: ``_pc_extra_interest``)."""
+    writes), then narrowed by paused reading and by what its transport
+    withholds from the program meanwhile, and widened by what the transport
+    itself needs (TLS: ``_pc_withheld_interest``, ``_pc_extra_interest``)."""
     events = READ | PRI if channel.readable() else 0
     if channel.writable() and not channel.accepting:
         events |= WRITE
     if getattr(channel, "_pc_reading_paused", False):
         events &= WRITE
+    withheld = getattr(channel, "_pc_withheld_interest", 0)
+    if withheld:
+        events &= ~withheld
     return events | getattr(channel, "_pc_extra_interest", 0)
 
 
@@ -165,9 +169,10 @@ class Interest:
 
     # -- syncing ------------------------------------------------------------------
 
-    def sync(self) -> None:
+    def sync(self) -> List[Any]:
         """Bring the backend up to date before a poll: O(dirty + polled), or
-        O(map) after the map changed size behind our back or in strict mode."""
+        O(map) after the map changed size behind our back or in strict mode.
+        Returns the keys it looked at."""
         map = self.map
         if len(map) != self.map_len:
             # Someone wrote to the map directly (del map[fd], map.clear()...).
@@ -178,11 +183,13 @@ class Interest:
             dirty.update(map)
         elif self.polled:
             dirty.update(self.polled)
-        if dirty:
-            todo = list(dirty)
-            dirty.clear()
-            for key in todo:
-                self.sync_one(key)
+        if not dirty:
+            return []
+        todo = list(dirty)
+        dirty.clear()
+        for key in todo:
+            self.sync_one(key)
+        return todo
 
     def sync_one(self, key: Any) -> None:
         """Make the registration of ``key`` match ``map[key]``: register,

@@ -151,7 +151,10 @@ class Loop:
                                   predicate_failed=self._predicate_failed)
         self._dirty = self._interest.dirty  # the set interest_changed() adds to
         self._idle = IdleTimeouts(self.timers, map, self._idle_expired)
-        self._ready: Dict[Any, int] = {}  # key -> events to deliver without the kernel
+        # Synthetic readiness (add_ready): key -> (channel, events) for the
+        # next pass, and those the channel's interest does not include now.
+        self._ready: Dict[Any, Tuple[Any, int]] = {}
+        self._parked: Dict[Any, Tuple[Any, int]] = {}
         self._callbacks: Deque[Tuple[Callable[..., Any], Tuple[Any, ...]]] = collections.deque()
         self._callbacks_lock = threading.Lock()
         self._owner: Optional[int] = None  # thread running the loop
@@ -210,6 +213,7 @@ class Loop:
         self._interest.removed(key, channel)
         self._idle.forget(key, channel)
         self._ready.pop(key, None)
+        self._parked.pop(key, None)
 
     def interest_changed(self, key: Any) -> None:
         """The channel at ``key`` may now want other events: ask it again
@@ -217,13 +221,23 @@ class Loop:
         self._dirty.add(key)
 
     def add_ready(self, key: Any, events: int) -> None:
-        """Deliver ``events`` to the channel at ``key`` at the next pass as if
-        the kernel had reported them, for data the kernel cannot see (bytes a
-        TLS layer already decrypted, a PROXY header already parsed).  The next
-        poll does not block.  Delivered only while the channel is registered
-        for them (so a channel that stopped reading is not pushed data).
-        O(1)."""
-        self._ready[key] = self._ready.get(key, 0) | events
+        """Deliver ``events`` to the channel now at ``key`` at the next pass
+        as if the kernel had reported them, for data the kernel cannot see
+        (bytes a TLS layer already decrypted, a record left in an
+        ``SSLSocket``).  The next poll does not block.
+
+        Delivered only while the channel's registered interest includes them:
+        the others are parked, costing passes nothing, until a re-sync gives
+        it that interest (a channel that paused reading is not pushed data,
+        and resuming delivers it).  O(1).
+        """
+        channel = self.map.get(key)
+        if channel is None:
+            return
+        queued = self._ready.get(key)
+        if queued is not None and queued[0] is channel:
+            events |= queued[1]
+        self._ready[key] = (channel, events)
 
     def set_idle_timeout(self, channel: Any, seconds: Optional[float]) -> None:
         """Run ``channel.handle_timeout()`` once no event reached it for
@@ -358,7 +372,9 @@ class Loop:
                 self._renew_after_fork()
             if (self._dirty or interest.polled or interest.strict
                     or len(self.map) != interest.map_len):
-                interest.sync()
+                synced = interest.sync()
+                if self._parked and synced:
+                    self._unpark(synced)
             if self._checking:
                 self.audit()
             if not self.map and not heap and not self._callbacks:
@@ -443,16 +459,37 @@ class Loop:
 
     def _merge_ready(self, events: Any) -> Any:
         """Add the synthetic events (:meth:`add_ready`) the channels are
-        registered for to the kernel's; the others wait."""
+        registered for to the kernel's; park the others."""
+        ready, self._ready = self._ready, {}
         merged = dict(events)
         registration = self._interest.registration
-        for key, wanted in list(self._ready.items()):
+        for key, (channel, wanted) in ready.items():
+            if self.map.get(key) is not channel:
+                continue  # closed, or replaced, since
             reg = registration(key)
-            deliverable = wanted & reg.events if reg is not None else 0
-            if deliverable:
-                merged[reg.fd] = merged.get(reg.fd, 0) | deliverable
-                del self._ready[key]
+            now = wanted & reg.events if reg is not None and reg.data is channel else 0
+            if wanted & ~now:
+                self._parked[key] = (channel, wanted & ~now)
+            if now:
+                merged[reg.fd] = merged.get(reg.fd, 0) | now
         return list(merged.items())
+
+    def _unpark(self, keys: Any) -> None:
+        """Queue again the parked events of the ``keys`` just re-synced whose
+        interest now includes them."""
+        parked, registration = self._parked, self._interest.registration
+        for key in keys:
+            entry = parked.get(key)
+            if entry is None:
+                continue
+            channel, wanted = entry
+            if self.map.get(key) is not channel:
+                del parked[key]
+                continue
+            reg = registration(key)
+            if reg is not None and reg.data is channel and wanted & reg.events:
+                del parked[key]
+                self.add_ready(key, wanted)
 
     # -- errors reported to the loop -------------------------------------------------
 
@@ -549,6 +586,7 @@ class Loop:
         self._interest.polled.clear()
         self._dirty.clear()
         self._ready.clear()
+        self._parked.clear()
         self._idle.clear()
         self.timers.clear()
         self._release_kernel_objects()
@@ -580,7 +618,8 @@ class Loop:
                 "timers": len(self.timers), "strict": interest.strict,
                 "reading_paused": sum(1 for ch in self.map.values()
                                       if getattr(ch, "_pc_reading_paused", False)),
-                "idle_watched": len(self._idle), "ready": len(self._ready)}
+                "idle_watched": len(self._idle), "ready": len(self._ready),
+                "parked": len(self._parked)}
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"channels={len(self.map)}"
