@@ -50,6 +50,7 @@ from . import chat as _chat
 from . import dispatch as _dispatch
 from . import files as _files
 from . import interest as _interest
+from . import loop as _loop
 from . import maps as _maps
 from .backends import ERR, HUP, NVAL, PRI, READ, WRITE
 from .backends import pollers as _pollers
@@ -89,7 +90,7 @@ _FORWARDS: Dict[str, List[Tuple[types.ModuleType, str]]] = {
     "errorcode": [(_channel, "errorcode"), (_dispatch, "errorcode")],
     "_DISCONNECTED": [(_dispatch, "DISCONNECTED"), (_channel, "DISCONNECTED")],
     "_reraised_exceptions": [(module, "REraised")
-                             for module in (_dispatch, _channel, _chat, _interest)],
+                             for module in (_dispatch, _channel, _chat, _interest, _loop)],
     "compact_traceback": [(_channel, "compact_traceback")],
     "_strerror": [(_channel, "_strerror")],
 }

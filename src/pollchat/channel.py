@@ -651,26 +651,6 @@ class dispatcher(TLSChannelMixin):
         self.close()
 
 
-def _refuse_delegation(self: dispatcher, name: str) -> Any:
-    # Only reached for missing attributes.  Python 2 era asyncore passed them
-    # on to the socket; CPython stopped in 3.6.  Say so, instead of a bare
-    # AttributeError, when the socket has the attribute.
-    sock = self.__dict__.get("socket")
-    if sock is not None and not name.startswith("__") and hasattr(sock, name):
-        raise AttributeError(
-            f"{type(self).__name__!r} object has no attribute {name!r}; dispatchers "
-            f"do not pass attribute access on to their socket: use self.socket.{name}")
-    raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-
-# On 3.10 and 3.11 a class with __getattr__ loses the interpreter's
-# specialized attribute loads, making every attribute access on every channel
-# (user handlers included) about 2x slower.  3.12+ is not affected; older
-# versions refuse delegation with the plain AttributeError, as CPython did.
-if sys.version_info >= (3, 12):
-    dispatcher.__getattr__ = _refuse_delegation  # type: ignore[attr-defined]
-
-
 class dispatcher_with_send(dispatcher):
     """A dispatcher that buffers what ``send()`` cannot send at once."""
 

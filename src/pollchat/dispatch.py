@@ -34,8 +34,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from .backends import CLOSE_EVENTS, PRI, READ, WRITE
 
 __all__ = ["DISCONNECTED", "ErrorPolicy", "ExitNow", "REraised", "call_handler",
-           "compact_traceback", "dispatch", "exception", "is_ssl_error", "read", "strerror",
-           "write"]
+           "compact_traceback", "dispatch", "exception", "is_ssl_error", "read", "run_handlers",
+           "strerror", "write"]
 
 logger = logging.getLogger("pollchat")
 
@@ -131,7 +131,7 @@ def dispatch(obj: Any, events: int, key: Any = None, map: Optional[Dict[Any, Any
         whatever ``handle_error()``/``handle_close()`` raise, and :data:`REraised`.
     """
     try:
-        _run_handlers(obj, events, key, map)
+        run_handlers(obj, events, key, map)
     except OSError as exc:
         _handler_os_error(obj, exc, key, map)
     except REraised:
@@ -140,7 +140,9 @@ def dispatch(obj: Any, events: int, key: Any = None, map: Optional[Dict[Any, Any
         obj.handle_error()
 
 
-def _run_handlers(obj: Any, events: int, key: Any, map: Optional[Dict[Any, Any]]) -> None:
+def run_handlers(obj: Any, events: int, key: Any, map: Optional[Dict[Any, Any]]) -> None:
+    """The handlers ``events`` name, in CPython's order, each while ``map[key]``
+    is still ``obj`` (with a map).  Exceptions propagate: see :func:`dispatch`."""
     if events & READ:
         obj.handle_read_event()
     if events & WRITE and (map is None or map.get(key) is obj):
@@ -184,21 +186,26 @@ class ErrorPolicy:
 
     def deliver(self, channel: Any, events: int, key: Any, map: Dict[Any, Any]) -> None:
         """:func:`dispatch`, with this policy for a failing error handler.
-        The loop's path for every event.  (For READ alone, the case of
-        nearly every event, the handler is called here directly: one Python
-        call less per event.)"""
+        (The loop's pass runs the handlers itself, to save a call per event,
+        and calls :meth:`handler_failed` when one raised.)"""
         try:
-            if events == READ:
-                try:
-                    channel.handle_read_event()
-                except OSError as exc:
-                    _handler_os_error(channel, exc, key, map)
-                except REraised:
-                    raise
-                except Exception:
-                    channel.handle_error()
+            run_handlers(channel, events, key, map)
+        except REraised:
+            raise
+        except Exception as exc:
+            self.handler_failed(channel, exc, key, map)
+
+    def handler_failed(self, channel: Any, exc: Exception, key: Any,
+                       map: Dict[Any, Any]) -> None:
+        """An event handler of ``channel`` raised ``exc`` (call this from the
+        ``except`` block): a disconnect closes it, anything else goes to its
+        ``handle_error()``, as CPython's ``readwrite()`` does; if that raises
+        in turn, :meth:`error_handler_failed` decides."""
+        try:
+            if isinstance(exc, OSError):
+                _handler_os_error(channel, exc, key, map)
             else:
-                dispatch(channel, events, key, map)
+                channel.handle_error()
         except REraised:
             raise
         except Exception:
