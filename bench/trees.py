@@ -57,8 +57,12 @@ def assemble(src: Path, dest: Path) -> None:
     package = dest / "pollchat"
     shutil.rmtree(dest, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(core, package, ignore=ignore)
     backends = src / "backends"
+    # src/pollchat/backends may be a link to ../backends (for type checkers):
+    # the package gets the real directory below, not the link.
+    linked = backends.is_dir() and (core / "backends").is_symlink()
+    core_ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "backends") if linked else ignore
+    shutil.copytree(core, package, ignore=core_ignore)
     if backends.is_dir():
         if (package / "backends").exists():
             raise TreeError(f"{src} has both src/backends and src/pollchat/backends")
