@@ -24,10 +24,10 @@ import psutil
 import pytest
 import standins
 from conftest import NATIVE_BACKENDS, STANDIN_BACKENDS
-from pollchat.backends import READ, WRITE
 
 import pollchat
 from pollchat import asynchat, asyncore, maps
+from pollchat.backends import READ, WRITE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -629,4 +629,38 @@ def test_use_poll_picks_the_best_backend_but_select(monkeypatch: Any) -> None:
     assert pollchat.get_loop(m).backend.name == best
     assert best in ("epoll", "kqueue", "devpoll") or best == "poll"
     ch.close()
+    b.close()
+
+
+def test_an_entry_swapped_into_the_map_is_served_after_an_idle_pass(loop: Any,
+                                                                   caplog: Any) -> None:
+    # map[fd] = another channel, same size, over an entry that wanted nothing
+    # (so not registered, and no event to trip over): only the idle-pass
+    # check can notice the newcomer.
+    a, b = pair()
+    first = asyncore.dispatcher_with_send(a, map=loop.map)
+    first.pause_reading()  # connected, nothing to send, not reading: wants nothing
+    loop.run_once(0)
+    assert loop.registered_events(first._fileno) == 0
+    got: List[bytes] = []
+
+    class Second(asyncore.dispatcher_with_send):
+        def handle_read(self) -> None:
+            got.append(self.recv(10))
+
+    second = Second(map={})
+    second.set_socket(a, map={})
+    second.connected = True
+    caplog.set_level(logging.WARNING, logger="pollchat")
+    loop.map[a.fileno()] = second  # a raw swap, as some legacy code does
+    b.sendall(b"x")
+    deadline = time.monotonic() + 10
+    while not got:
+        assert time.monotonic() < deadline, "the swapped-in channel never got its event"
+        loop.run_once(0.05)
+    assert got == [b"x"]
+    # A map write is not an unobservable state change: no warning about one.
+    assert not [r for r in caplog.records if "could not observe" in r.getMessage()]
+    del loop.map[a.fileno()]
+    a.close()
     b.close()

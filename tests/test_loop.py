@@ -8,10 +8,10 @@ import time
 
 import pytest
 from helpers import run_until
-from pollchat.backends import READ, WRITE
 
 import pollchat
 from pollchat import asyncore
+from pollchat.backends import READ, WRITE
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -260,6 +260,74 @@ def test_fd_reused_in_the_same_pass_gets_no_stale_events(loop):
     run_until(loop, lambda: "C" in log)
     for s in keep + [pairs[0][1], pairs[1][1]]:
         s.close()
+
+
+def test_raw_map_replacement_mid_pass_gets_no_stale_event(loop):
+    """The same race through raw map writes: the first handler closes the
+    other channel's socket and deletes its map entry itself (no close(), so
+    its registration is still there), and a new channel C takes the fd.  The
+    pending event must reach neither the old channel nor C."""
+    keep = []
+    log = []
+
+    class Peer(asyncore.dispatcher):
+        def __init__(self, sock, name, map):
+            super().__init__(sock, map=map)
+            self.name = name
+
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            log.append(self.name)
+            self.recv(10)
+            if len(log) > 1:
+                return
+            victim = next(ch for ch in loop.map.values() if ch is not self)
+            fd = victim._fileno
+            victim.socket.close()  # behind the library's back...
+            del loop.map[fd]  # ...and the map's
+            c_sock, c_peer = socket.socketpair()
+            keep.append(c_peer)
+            if c_sock.fileno() != fd:
+                os.dup2(c_sock.fileno(), fd)
+                c_sock.close()
+                c_sock = socket.socket(fileno=fd)
+            loop.map[fd] = Peer(c_sock, "C", {})  # a raw write again
+
+    pairs = [socket.socketpair() for _ in range(2)]
+    Peer(pairs[0][0], "A", loop.map)
+    Peer(pairs[1][0], "B", loop.map)
+    loop.run_once(0)
+    for _, peer in pairs:
+        peer.send(b"x")  # both readable: one pass reports both
+    loop.run_once(0.5)
+    assert len(log) == 1 and log[0] in "AB"  # the stale event reached nobody
+    keep[0].send(b"y")  # C is served once the loop has re-synced
+    run_until(loop, lambda: "C" in log)
+    for s in keep + [pairs[0][1], pairs[1][1]]:
+        s.close()
+
+
+def test_close_unregisters_before_the_socket_is_closed(loop):
+    """close() takes the channel out of the kernel's set while its fd is still
+    open: once closed, a duplicate of the socket held elsewhere (a forked
+    child, os.dup) must not keep the old registration alive and reporting."""
+    a, b = socket.socketpair()
+    ch = asyncore.dispatcher(a, map=loop.map)
+    ch.handle_read = lambda: None
+    ch.writable = lambda: False
+    loop.run_once(0)
+    fd = ch._fileno
+    assert loop.registered_events(fd)
+    dup = os.dup(fd)
+    try:
+        ch.close()
+        b.send(b"pending")  # readable, through the duplicate's file
+        assert fd not in dict(loop.backend.poll(0))
+    finally:
+        os.close(dup)
+        b.close()
 
 
 def test_handle_close_runs_once_per_pass(loop):

@@ -262,13 +262,14 @@ class Interest:
     # -- checking ------------------------------------------------------------------
 
     def audit(self) -> List[Tuple[Any, Any, int, int]]:
-        """Ask every channel whose answers are trusted (not polled) what it
-        wants, and compare with what is registered.
+        """Ask every registered channel whose answers are trusted (not
+        polled) what it wants, and compare with what is registered.
 
-        Returns ``(key, channel, registered, wanted)`` for each mismatch,
-        each of which is queued for the next sync.  A mismatch means the
-        channel's state changed in a way the library could not observe.
-        O(map).
+        Returns ``(key, channel, registered, wanted)`` for each mismatch, each
+        of which is queued for the next sync: the channel's state changed in a
+        way the library could not observe.  Map entries that are not the
+        registered channel (written into the map directly) are queued too,
+        without being reported.  O(map).
         """
         found = []
         polled, dirty = self.polled, self.dirty
@@ -276,17 +277,19 @@ class Interest:
             if key in polled or key in dirty:
                 continue
             reg = self.registration(key)
-            if reg is not None and reg.data is not channel:
-                continue  # replaced behind our back: reconcile's business
+            if reg is None or reg.data is not channel:
+                # Written into the map behind the loop's back (or wanting
+                # nothing): the next sync sets it right, quietly.
+                dirty.add(key)
+                continue
             try:
                 wanted = wanted_events(channel)
             except REraised:
                 raise
             except Exception:
                 continue  # the next sync reports it through handle_error()
-            have = 0 if reg is None else reg.events
-            if wanted != have:
-                found.append((key, channel, have, wanted))
+            if wanted != reg.events:
+                found.append((key, channel, reg.events, wanted))
                 dirty.add(key)
         return found
 
