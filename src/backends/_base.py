@@ -297,7 +297,7 @@ def fd_of(fileobj: FileObj) -> int:
         fd = fileobj
     else:
         try:
-            fd = int(fileobj.fileno())  # type: ignore[union-attr]
+            fd = int(fileobj.fileno())
         except (AttributeError, TypeError):
             # selectors would say ValueError; it is the wrong type of thing.
             raise TypeError(f"cannot watch {fileobj!r}: pass an int fd or an object with a "

@@ -314,19 +314,20 @@ class KqueueBackend(Backend):
 
     def __init__(self) -> None:
         super().__init__()
-        self._selector = _kernels.kqueue()
-        self._kevent = _kernels.kevent
-        self._read_filter = _kernels.KQ_FILTER_READ
-        self._write_filter = _kernels.KQ_FILTER_WRITE
-        self._add = _kernels.KQ_EV_ADD
-        self._delete = _kernels.KQ_EV_DELETE
-        self._eof = _kernels.KQ_EV_EOF
-        self._error = _kernels.KQ_EV_ERROR
+        kernel: Any = _kernels  # the KQ_* names exist only where kqueue does
+        self._selector = kernel.kqueue()
+        self._kevent = kernel.kevent
+        self._read_filter = kernel.KQ_FILTER_READ
+        self._write_filter = kernel.KQ_FILTER_WRITE
+        self._add = kernel.KQ_EV_ADD
+        self._delete = kernel.KQ_EV_DELETE
+        self._eof = kernel.KQ_EV_EOF
+        self._error = kernel.KQ_EV_ERROR
         self._filters = 0  # how many filters are registered: the most events one poll can return
         self._pid = os.getpid()  # the process the kqueue belongs to
 
     def fileno(self) -> int:
-        return self._selector.fileno()
+        return int(self._selector.fileno())
 
     def _change(self, fd: int, kernel_filter: int, flags: int) -> None:
         self._selector.control([self._kevent(fd, kernel_filter, flags)], 0, 0)

@@ -57,7 +57,8 @@ class _Entry(NamedTuple):
 def _defined_later(class_name: str) -> BackendFactory:
     # PollBackend and EpollBackend exist only where the kernel has them.
     def factory() -> Backend:
-        return getattr(pollers, class_name)()
+        backend: Backend = getattr(pollers, class_name)()
+        return backend
     return factory
 
 

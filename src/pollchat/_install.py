@@ -250,7 +250,8 @@ def _relax_removal_guard() -> None:
     def _deprecated(name: str, message: Optional[str] = None, *, remove: Tuple[int, int],
                     _version: Any = sys.version_info) -> None:
         if tuple(remove[:2]) == _REVIVED_REMOVAL and tuple(_version[:2]) >= _REVIVED_REMOVAL:
-            text = (message or getattr(warnings, "_DEPRECATED_MSG", "{name!r} is deprecated"))
+            text: str = (message or getattr(warnings, "_DEPRECATED_MSG", "")
+                         or "{name!r} is deprecated")
             warnings.warn(text.format(name=name, remove=f"{remove[0]}.{remove[1]}"),
                           DeprecationWarning, stacklevel=3)
             return

@@ -190,6 +190,7 @@ class dispatcher(TLSChannelMixin):
     debug = False
     closing = False
     addr: Any = None
+    socket: Any  # the socket (or a socket-like object, e.g. file_wrapper); None before set
     ignore_log_types = frozenset({"warning"})
     #: Seconds without any event after which ``handle_timeout()`` runs
     #: (``None``: never).  Read when the channel joins a loop's map; change
@@ -374,7 +375,7 @@ class dispatcher(TLSChannelMixin):
     def bind(self, addr: Any) -> Any:
         self.addr = addr
         if _worker is not None:  # a worker's listeners are shared by every worker
-            return _worker.bind(self, addr)  # type: ignore[no-any-return]
+            return _worker.bind(self, addr)
         return self.socket.bind(addr)
 
     def connect(self, address: Any) -> None:

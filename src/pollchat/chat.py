@@ -142,6 +142,9 @@ class async_chat(dispatcher):
 
     producer_fifo = observed("fifo", "The output queue.", _get_producer_fifo,
                              _set_producer_fifo)
+    #: What ends the next message (set_terminator()); not set until then, as
+    #: in CPython (a read before it is an error).
+    terminator: Any
 
     # Per-instance state with class defaults, set on an instance only when it
     # differs: an idle connection carries only what it uses.
@@ -385,7 +388,7 @@ class async_chat(dispatcher):
         """
         stock = self._ac_stock_get_terminator
         while self._ac_pos < len(self._ac_buf):
-            term = self.terminator if stock else self.get_terminator()
+            term: Any = self.terminator if stock else self.get_terminator()
             kind = type(term)
             if kind is not bytes and kind is not int and term is not None:
                 term = self._check_terminator(term)
@@ -852,7 +855,7 @@ class async_chat(dispatcher):
 def _gather(fifo: Any, limit: int) -> Any:
     """The data items at the head of ``fifo`` that fit in ``limit`` bytes,
     joined (at least the head).  O(items taken)."""
-    parts = []
+    parts: List[Any] = []
     total = 0
     for item in fifo:
         kind = type(item)

@@ -29,7 +29,7 @@ import errno
 import logging
 import os
 import sys
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 from .backends import CLOSE_EVENTS, PRI, READ, WRITE
 
@@ -49,7 +49,7 @@ class ExitNow(Exception):
 
 
 #: Exceptions that are never handed to ``handle_error()``.
-REraised: Tuple[type, ...] = (ExitNow, KeyboardInterrupt, SystemExit)
+REraised: Tuple[Type[BaseException], ...] = (ExitNow, KeyboardInterrupt, SystemExit)
 
 #: How many loop passes are dispatching events right now (in any thread).
 #: Channels hold back and join the replies of one read only inside a pass:

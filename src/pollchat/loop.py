@@ -434,7 +434,7 @@ class Loop:
         """
         keys = self._interest.keys
         map = self.map
-        map_get = map.get
+        map_get: Callable[[Any], Any] = map.get
         watches = self._idle.watches
         now = self.timers.clock() if watches else 0.0
         handler_failed = self._errors.handler_failed
@@ -445,7 +445,7 @@ class Loop:
                 continue  # unregistered earlier in this pass (closed)
             # A SelectorKey is (fileobj, fd, events, data): indexing it is
             # cheaper than its named attributes, on the path of every event.
-            channel = reg[3]
+            channel: Any = reg[3]
             if channel is None:
                 self._waker.drain()
                 continue

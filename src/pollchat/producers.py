@@ -36,7 +36,7 @@ def find_prefix_at_end(haystack: Any, needle: Any) -> int:
     """
     if not needle:
         return 0
-    return held_back(haystack, needle, 0)
+    return int(held_back(haystack, needle, 0))
 
 
 def held_back(buf: Any, term: Any, start: int) -> int:
@@ -53,7 +53,7 @@ def held_back(buf: Any, term: Any, start: int) -> int:
     while at >= 0:
         # The earliest candidate that matches gives the longest prefix.
         if buf.startswith(term[:end - at], at):
-            return end - at
+            return int(end - at)
         at = buf.find(lead, at + 1)
     return 0
 
