@@ -24,10 +24,10 @@ import psutil
 import pytest
 import standins
 from conftest import NATIVE_BACKENDS, STANDIN_BACKENDS
-from pollchat.backends import READ, WRITE
 
 import pollchat
 from pollchat import asynchat, asyncore, maps
+from pollchat.backends import READ, WRITE
 
 pytestmark = pytest.mark.timeout(60)
 

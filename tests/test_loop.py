@@ -8,10 +8,10 @@ import time
 
 import pytest
 from helpers import run_until
-from pollchat.backends import READ, WRITE
 
 import pollchat
 from pollchat import asyncore
+from pollchat.backends import READ, WRITE
 
 pytestmark = pytest.mark.timeout(30)
 

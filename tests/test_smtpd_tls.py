@@ -278,8 +278,8 @@ def test_a_failed_handshake_closes_that_session_only(loop, caplog, tls_server_co
 class ThreeElevenChannel(smtpd.SMTPChannel):
     """A channel class written for 3.11: its own __init__, no keywords."""
 
-    def __init__(self, server, conn, addr, data_size_limit, map, enable_SMTPUTF8,  # noqa: A002
-                 decode_data):
+    def __init__(self, server, conn, addr, data_size_limit, map,  # noqa: PLR0917
+                 enable_SMTPUTF8, decode_data):
         super().__init__(server, conn, addr, data_size_limit, map, enable_SMTPUTF8,
                          decode_data)
 
