@@ -20,7 +20,7 @@ import ssl
 import sys
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import psutil
 import pytest
@@ -34,6 +34,7 @@ from bench.workloads import QUICK, WORKLOADS, Workload
 
 BENCH = Path(__file__).resolve().parent
 SERVERS = BENCH / "servers"
+Command = Tuple[List[str], Dict[str, str]]
 
 
 def workload(key: str) -> Workload:
@@ -59,7 +60,7 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
 
 @pytest.fixture(params=["pollchat", "stdlib"])
 def smtp_command(request: pytest.FixtureRequest,
-                 current_tree: trees.Tree) -> Tuple[List[str], dict]:
+                 current_tree: trees.Tree) -> Command:
     if request.param == "pollchat":
         return [sys.executable, str(SERVERS / "smtp_server.py"), "--impl", "pollchat"], \
             tree_env(current_tree)
@@ -71,7 +72,7 @@ def smtp_command(request: pytest.FixtureRequest,
 
 @pytest.mark.timeout(120)
 def test_the_mail_script_gets_exactly_the_replies_it_expects(
-        smtp_command: Tuple[List[str], dict], tmp_path: Path) -> None:
+        smtp_command: Command, tmp_path: Path) -> None:
     server = Server([*smtp_command[0], "--mode", "smtp", "--max-seconds", "60"],
                     smtp_command[1], tmp_path / "smtp.log")
     server.start()
@@ -91,7 +92,7 @@ def test_the_mail_script_gets_exactly_the_replies_it_expects(
 
 @pytest.fixture(params=["pollchat", "asyncio"])
 def tls_command(request: pytest.FixtureRequest,
-                current_tree: trees.Tree) -> Tuple[List[str], dict]:
+                current_tree: trees.Tree) -> Command:
     pytest.importorskip("trustme", reason="the TLS server makes its certificate with trustme")
     program = [sys.executable, str(SERVERS / "tls_server.py")]
     if request.param == "pollchat":
@@ -100,7 +101,7 @@ def tls_command(request: pytest.FixtureRequest,
 
 
 @pytest.mark.timeout(120)
-def test_the_tls_server_echoes_and_stops_on_sigterm(tls_command: Tuple[List[str], dict],
+def test_the_tls_server_echoes_and_stops_on_sigterm(tls_command: Command,
                                                     tmp_path: Path) -> None:
     server = Server([*tls_command[0], "--mode", "echo", "--max-seconds", "60"],
                     tls_command[1], tmp_path / "tls.log")
@@ -164,7 +165,7 @@ def test_a_workers_master_is_measured_whole_and_stopped_by_sigterm(
                 if after.cpu - before.cpu > 0.05:
                     break
         worker_cpu = sum(w.cpu_times().user + w.cpu_times().system for w in workers)
-        assert after.cpu >= worker_cpu * 0.9  # the workers' CPU is in the sample
+        assert after is not None and after.cpu >= worker_cpu * 0.9  # workers' CPU included
     finally:
         status = server.stop()
     assert status == 0, server.error()  # a graceful stop, not a kill
@@ -219,12 +220,14 @@ def test_the_new_targets() -> None:
     rs = document({"smtp": {"pollchat-epoll": {"ops_per_cpu_s": 99.0, "rate": 500.0},
                             "stdlib-select": {"ops_per_cpu_s": 100.0, "rate": 1.0}}})
     assert outcome(rs, "smtp-stdlib")["status"] == "MISS"  # per CPU-second, not per second
-    asyncio = {"key": "asyncio", "family": "asyncio", "skip": "", "version": "3.11.7"}
+    asyncio: Dict[str, object] = {"key": "asyncio", "family": "asyncio", "skip": "",
+                                  "version": "3.11.7"}
     rs = document({"tls_echo": {"pollchat-epoll": {"ops_per_cpu_s": 101.0},
                                 "asyncio": {"ops_per_cpu_s": 100.0}}}, [asyncio])
     assert outcome(rs, "tls-echo-asyncio")["status"] == "PASS"
-    workers = [{"key": f"pollchat-workers{n}", "family": "pollchat", "skip": "",
-                "version": "3.11.7", "tree": "current", "workers": n} for n in (1, 2)]
+    workers: List[Dict[str, object]] = [
+        {"key": f"pollchat-workers{n}", "family": "pollchat", "skip": "", "version": "3.11.7",
+         "tree": "current", "workers": n} for n in (1, 2)]
     rs = document({"workers": {"pollchat-workers1": {"rate": 100.0, "ops_per_cpu_s": 100.0},
                                "pollchat-workers2": {"rate": 150.0, "ops_per_cpu_s": 79.0}}},
                   workers)
