@@ -57,6 +57,7 @@ class Impl:
     tree: str = ""  # pollchat tree: "current" or "base"
     backend: str = ""  # pollchat backend
     workloads: Optional[Tuple[str, ...]] = None  # None: every workload that has its api
+    workers: int = 0  # N: the server is a `pollchat run --workers N` master (0: one process)
 
     @property
     def legacy(self) -> bool:
@@ -100,6 +101,7 @@ class ImplSpec:
     backend: str = ""
     workloads: Optional[Tuple[str, ...]] = None
     skip: str = ""  # known already not to run here, and why
+    workers: int = 0  # run the program under `pollchat run --workers N` (issue 15)
 
 
 IMPLS: Tuple[ImplSpec, ...] = (
@@ -112,7 +114,21 @@ IMPLS: Tuple[ImplSpec, ...] = (
     # one read into one write, the batching that issue 12 asks pollchat to do.
     ImplSpec("uvloop-batched", "asyncio", "asyncio", "harness",
              ("--loop", "uvloop", "--batch-writes"), requires="uvloop", workloads=("pipeline",)),
+    # The unmodified legacy program under `pollchat run --workers N` (issue 15),
+    # on the best backend, on the workers workload only: a master and N
+    # worker processes, measured whole, never pinned.
+    *(ImplSpec(f"pollchat-workers{n}", "pollchat", "legacy", "harness", ("--impl", "pollchat"),
+               env={"POLLCHAT_BACKEND": "auto"}, tree="current", workers=n,
+               workloads=("workers",)) for n in (1, 2)),
 )
+
+
+def workers_launcher(workers: int) -> Tuple[str, ...]:
+    """What goes between the interpreter and the program for ``workers``
+    worker processes (nothing for 0)."""
+    if not workers:
+        return ()
+    return ("-m", "pollchat", "run", "--workers", str(workers), "-q")
 
 
 def find_python(version: str, explicit: Optional[str] = None) -> Optional[str]:
@@ -219,9 +235,10 @@ def resolve(spec: ImplSpec, ctx: Context) -> Impl:
         else:
             env.update(tree_env(tree))
     return Impl(key=spec.key, family=spec.family, api=spec.api, python=python or spec.python,
-                flags=spec.flags, env=env, launcher=spec.launcher, max_fd=spec.max_fd,
+                flags=spec.flags, env=env,
+                launcher=spec.launcher + workers_launcher(spec.workers), max_fd=spec.max_fd,
                 version=version or "", skip=skip, tree=spec.tree, backend=spec.backend,
-                workloads=spec.workloads)
+                workloads=spec.workloads, workers=spec.workers)
 
 
 def python_suffix(version: Optional[str]) -> str:

@@ -99,9 +99,9 @@ class ResultSet:
         """The pollchat implementation the targets are about: of ``tree``,
         under Python ``minor`` (e.g. ``"3.13"``; default: the harness's, i.e.
         no interpreter suffix), on epoll if it ran, else the first backend
-        that did."""
+        that did; one process (not a ``pollchat run --workers`` master)."""
         keys = [i["key"] for i in self.impls
-                if i["family"] == "pollchat" and not i["skip"]
+                if i["family"] == "pollchat" and not i["skip"] and not i.get("workers")
                 and i.get("tree", "current") == tree
                 and (i["version"].startswith(minor + ".") if minor
                      else "-py" not in i["key"])]

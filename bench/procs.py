@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Dict, FrozenSet, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import psutil
 
@@ -155,7 +156,13 @@ def read_lines(stream: IO[bytes], deadline: float) -> Iterator[str]:
 
 @dataclass
 class Server:
-    """A benchmark server process."""
+    """A benchmark server process (or process tree: a master and workers).
+
+    It is stopped by its quit message (the ``quit`` of its ``INFO`` line),
+    or by SIGTERM when it announces ``"stop": "SIGTERM"`` (a server whose
+    connections a plain quit line cannot reach, e.g. TLS) or when
+    ``stop_signal`` is set (a ``pollchat run --workers`` master: a quit line
+    would stop the one worker that took it)."""
 
     argv: Sequence[str]
     env: Mapping[str, str]
@@ -167,9 +174,11 @@ class Server:
     info: Dict[str, Any] = field(default_factory=dict)
     ps: Optional[psutil.Process] = None
     watch: Optional[FrozenSet[int]] = None  # CPUs whose load samples report (None: all)
+    stop_signal: Optional[int] = None  # stop by this signal rather than the quit message
+    announcements: int = 1  # PORT lines to wait for (one per worker process)
 
     def start(self, timeout: float = 30.0) -> None:
-        """Launch and wait for the ``PORT`` line.
+        """Launch and wait for the ``PORT`` line (``announcements`` of them).
 
         stdout and stderr both go to the log file, never to a pipe: asyncore's
         ``log_info()`` prints to stdout, and a pipe nobody reads would
@@ -191,13 +200,16 @@ class Server:
         raise ProcessFailed(f"server did not start: {self.error() or 'no PORT line'}")
 
     def _read_announcement(self) -> bool:
-        """Parse the ``INFO``/``PORT`` lines from the log; True once the port is known."""
+        """Parse the ``INFO``/``PORT`` lines from the log; True once the port
+        is known and every expected process has announced it."""
+        ports = 0
         for line in tail(self.log, limit=1 << 16).splitlines():
             if line.startswith("INFO "):
                 self.info = json.loads(line[5:])
             elif line.startswith("PORT "):
                 self.port = int(line[5:])
-        return self.port > 0
+                ports += 1
+        return self.port > 0 and ports >= self.announcements
 
     def alive(self) -> bool:
         """Whether the server is still running."""
@@ -233,11 +245,17 @@ class Server:
         return last_error_line("\n".join(said))
 
     def stop(self, grace: float = 5.0) -> Optional[int]:
-        """Ask the server to quit (a ``QUIT`` line); kill it if it does not.
-        Returns its exit status."""
+        """Ask the server to quit (its quit message, or SIGTERM: see the
+        class); kill it if it does not.  Returns its exit status."""
         if self.proc is None:
             return None
-        if self.alive() and self.port:
+        stop_signal = self.stop_signal
+        if stop_signal is None and self.info.get("stop") == "SIGTERM":
+            stop_signal = signal.SIGTERM
+        if stop_signal is not None:
+            if self.alive():
+                self.proc.send_signal(stop_signal)
+        elif self.alive() and self.port:
             quit_message = self.info.get("quit", "QUIT\n").encode("latin-1")
             try:
                 with socket.create_connection((self.host, self.port), timeout=2) as sock:
@@ -250,10 +268,22 @@ class Server:
             return self.kill()
 
     def kill(self) -> Optional[int]:
-        """Kill the server (only this process, by its pid)."""
+        """Kill the server: its child processes (workers), then itself, each
+        by its pid."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            children: List[psutil.Process] = []
+            if self.ps is not None:
+                try:
+                    children = self.ps.children(recursive=True)
+                except psutil.Error:
+                    pass  # gone meanwhile
+            for child in children:
+                try:
+                    child.kill()
+                except psutil.Error:
+                    pass  # exited meanwhile
             self.proc.kill()
         return self.proc.wait()
 

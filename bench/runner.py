@@ -9,6 +9,7 @@ that a drift of the machine does not favour whoever ran first.
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import sys
 import time
@@ -22,6 +23,7 @@ from .workloads import Point, Settings, Workload
 
 HERE = Path(__file__).resolve().parent
 CLIENTS_PY = HERE / "clients.py"
+TLS_CLIENT_PY = HERE / "tls_client.py"
 #: fds a server holds besides connections (stdio, listener, epoll, imports...).
 FD_OVERHEAD = 16
 #: CPU shares measured over a shorter window are not reported (tick granularity).
@@ -63,6 +65,9 @@ class Tools:
     def client_argv(self, workload: Workload, point: Point, settings: Settings,
                     port: int) -> List[str]:
         """The full command line of the client of one run."""
+        if workload.client == "tls":
+            return [self.python_client[0], str(TLS_CLIENT_PY),
+                    *workload.client_args(point, settings, port)]
         if workload.client != "script":
             return [*self.python_client, workload.client,
                     *workload.client_args(point, settings, port)]
@@ -155,12 +160,22 @@ def run_once(job: Job, settings: Settings, tools: Tools, tag: str, *,
     Raises ProcessFailed."""
     extra = list(server_extra)
     workload, point, impl = job.workload, job.point, job.impl
-    client_cpu = tools.server_cpu if workload.same_cpu else tools.client_cpu
-    watch = tools.watched_cpus(client_cpu)
+    server_cpu, client_cpu = tools.server_cpu, tools.client_cpu
+    if workload.same_cpu:
+        client_cpu = server_cpu
+    if impl.workers:
+        # Workers are there to use every CPU: nothing is pinned (pinning the
+        # master would pin the workers it forks to its one CPU too).
+        server_cpu = client_cpu = None
+    watch = tools.watched_cpus(client_cpu) if server_cpu is not None else None
     server = Server(impl.argv(workload.server_program(impl), *workload.server_args(point),
                               "--max-seconds", str(settings.server_max_seconds), *extra),
-                    impl.env, tools.logs / f"{tag}.server.log", cpu=tools.server_cpu,
-                    watch=watch)
+                    impl.env, tools.logs / f"{tag}.server.log", cpu=server_cpu,
+                    watch=watch,
+                    # A master stops on SIGTERM (gracefully); a quit line would
+                    # stop the one worker that took it, and be replaced.
+                    stop_signal=signal.SIGTERM if impl.workers else None,
+                    announcements=max(1, impl.workers))
     server.start()
     try:
         base = server.sample()

@@ -1,6 +1,7 @@
 """The targets, checked against a results document: issue 12's first (the
 hot path: server CPU per unit of work against CPython 3.11's asyncore and
-uvloop, memory, no regression), then earlier ones and context.
+uvloop, memory, no regression), then issues 13-15's (smtpd against 3.11's,
+TLS against asyncio's, idle TLS, workers), then earlier ones and context.
 
 A target compares two medians (``a / b`` against a threshold) or one
 median with an absolute limit.  A target whose numbers are missing (a
@@ -81,6 +82,9 @@ class Target:
 #: What a target's ``source`` means, for the report.
 SOURCES = {
     "issue 12": "issue 12 (hot path)",
+    "issue 13": "issue 13 (smtpd)",
+    "issue 14": "issue 14 (TLS)",
+    "issue 15": "issue 15 (workers)",
     "earlier": "the first benchmark issue",
     "bench": "the bench's own threshold",
     "context": "for comparison",
@@ -125,6 +129,24 @@ TARGETS: Tuple[Target, ...] = (
     Target("in-buffer-flat", "No regression: 20-byte lines flat across ac_in_buffer_size "
            "(4 KiB vs 1 MiB within 15%)", "lines", (stream(20, in_buffer=4096), "pollchat"),
            (stream(20, in_buffer=1 << 20), "pollchat"), "within", 0.85),
+    # -- issues 13-15: smtpd, TLS, workers -----------------------------------------
+    Target("smtp-stdlib", "Mail (smtpd, 50 sessions, 1 KB messages): messages per server "
+           "CPU-second >= 1.0x CPython 3.11's smtpd on its asyncore (select)", "smtp",
+           (first, "pollchat"), (first, "stdlib-select"), ">=", 1.0, metric=PER_CPU,
+           source="issue 13"),
+    Target("tls-echo-asyncio", "TLS echo (100 connections): round trips per server "
+           "CPU-second >= asyncio's TLS transport", "tls_echo", (first, "pollchat"),
+           (first, "asyncio"), ">=", 1.0, metric=PER_CPU, source="issue 14"),
+    Target("tls-idle", "Idle TLS connections: rate at the most idle TLS connections >= 90% "
+           "of the rate at 0", "tls_idle", (last, "pollchat"), (first, "pollchat"), ">=",
+           0.90, source="issue 14"),
+    Target("workers-throughput", "pollchat run --workers 2 vs 1: round trips/s (the load "
+           "generator shares the CPUs)", "workers", (first, "pollchat-workers2"),
+           (first, "pollchat-workers1"), "info", 0, source="issue 15"),
+    Target("workers-cpu", "pollchat run --workers 2 vs 1: round trips per server CPU-second "
+           "(master + workers) >= 0.8x: a second worker adds no cost per round trip",
+           "workers", (first, "pollchat-workers2"), (first, "pollchat-workers1"), ">=", 0.8,
+           metric=PER_CPU, source="bench"),
     # -- earlier targets and context ---------------------------------------------
     Target("concurrency-stdlib", "Concurrency: round trips/s at least stdlib asyncore's "
            "(select)", "concurrency", (first, "pollchat"), (first, "stdlib-select"), ">=",

@@ -19,9 +19,14 @@ import socket
 import ssl
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, cast
 
-from clients import ClientError, Window, emit, raise_nofile_limit
+if TYPE_CHECKING or __package__:
+    from .clients import ClientError, Window, emit, raise_nofile_limit
+else:  # run as a script by the harness, with the standard library only
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from clients import ClientError, Window, emit, raise_nofile_limit
 
 
 class TLSPingPong:
@@ -85,7 +90,7 @@ class TLSPingPong:
         last = time.perf_counter()
         while time.perf_counter() < end:
             for key, _ in self.selector.select(0.05):
-                sock = key.fileobj
+                sock = cast(ssl.SSLSocket, key.fileobj)
                 try:
                     data = sock.recv(65536)
                 except ssl.SSLWantReadError:

@@ -19,7 +19,7 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional, Set
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,13 +56,20 @@ def assemble(src: Path, dest: Path) -> None:
         raise TreeError(f"{core} is not the pollchat package")
     package = dest / "pollchat"
     shutil.rmtree(dest, ignore_errors=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     backends = src / "backends"
-    # src/pollchat/backends may be a link to ../backends (for type checkers):
-    # the package gets the real directory below, not the link.
-    linked = backends.is_dir() and (core / "backends").is_symlink()
-    core_ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "backends") if linked else ignore
-    shutil.copytree(core, package, ignore=core_ignore)
+    # src/pollchat/backends may be a symlink to ../backends (for type
+    # checkers): the pollers are then copied once, from src/backends.
+    link = core / "backends"
+    skip_link = backends.is_dir() and link.is_symlink()
+    cache = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+    def ignore(directory: str, names: List[str]) -> Set[str]:
+        ignored = set(cache(directory, names))
+        if skip_link and Path(directory) == core:
+            ignored.add("backends")
+        return ignored
+
+    shutil.copytree(core, package, ignore=ignore)
     if backends.is_dir():
         if (package / "backends").exists():
             raise TreeError(f"{src} has both src/backends and src/pollchat/backends")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import scripts
+from . import scripts, smtp_script
 from .impls import Impl
 from .scripts import Script
 
@@ -88,7 +88,7 @@ EFFICIENCY = ("server_us_per_op", "ops_per_cpu_s")
 #: Server programs (in bench/servers/) per kind of implementation api.
 DEFAULT_SERVERS: Mapping[str, str] = {"legacy": "legacy_server.py",
                                       "asyncio": "asyncio_server.py"}
-CLIENT_KINDS = ("script", "stream", "bulk")
+CLIENT_KINDS = ("script", "stream", "bulk", "tls")
 
 
 @dataclass(frozen=True)
@@ -117,10 +117,12 @@ class Workload:
 
     ``client`` is ``"script"`` (the request/reply load generator, loadgen.c
     or its Python twin, playing ``script(point.params)``), ``"stream"`` or
-    ``"bulk"`` (clients.py).  ``servers`` maps an implementation's api
-    (``"legacy"``, ``"asyncio"``) to the server program in bench/servers/
-    that speaks the workload's ``server_mode``; implementations whose api is
-    not there do not run the workload."""
+    ``"bulk"`` (clients.py), or ``"tls"`` (tls_client.py: ping-pong over
+    TLS, which the C generator does not speak).  ``servers`` maps an
+    implementation's api (``"legacy"``, ``"asyncio"``) to the server program
+    in bench/servers/ that speaks the workload's ``server_mode``;
+    implementations whose api is not there do not run the workload, nor do
+    those ``impls`` (keys or key prefixes) does not name, when given."""
 
     key: str
     title: str
@@ -136,6 +138,7 @@ class Workload:
     servers: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SERVERS))
     axis: str = ""  # a numeric param to plot against (else bars per point)
     same_cpu: bool = False  # pin client and server to the same CPU (see README)
+    impls: Optional[Tuple[str, ...]] = None  # only these implementations (keys or prefixes)
 
     def __post_init__(self) -> None:
         if self.client not in CLIENT_KINDS:
@@ -155,6 +158,8 @@ class Workload:
         if impl.api not in self.servers:
             return False
         if impl.workloads is not None and self.key not in impl.workloads:
+            return False
+        if self.impls is not None and not any(impl.key.startswith(k) for k in self.impls):
             return False
         return impl.legacy or not point.params.get("in_buffer")
 
@@ -183,10 +188,12 @@ class Workload:
         mode); ``script`` is the file :meth:`script` was written to."""
         params = point.params
         args: List[Any] = ["--port", port, "--timeout", settings.client_timeout]
-        if self.client == "script":
+        if self.client in ("script", "tls"):
             conns = params.get("conns", 1)
             timed = conns > 0  # no active connection: nothing to time
-            args += ["--script", script, "--conns", conns, "--idle", params.get("idle", 0),
+            if self.client == "script":
+                args += ["--script", script]
+            args += ["--conns", conns, "--idle", params.get("idle", 0),
                      "--warmup", settings.warmup if timed else 0,
                      "--duration", settings.duration if timed else 0, "--sync"]
         elif self.client == "stream":
@@ -201,6 +208,7 @@ class Workload:
                 "metrics": list(self.metrics), "baselines": list(self.baselines),
                 "axis": self.axis, "client": self.client, "server_mode": self.server_mode,
                 "same_cpu": self.same_cpu, "op": list(self.op),
+                "impls": list(self.impls) if self.impls is not None else None,
                 "efficiency": self.efficiency(), "servers": dict(self.servers),
                 "points": [p.to_json() for p in self.points(settings)]}
 
@@ -268,11 +276,20 @@ def kv_script(params: Mapping[str, Any]) -> Script:
     return scripts.kv(params["mix"], params["depth"], params["value_size"])
 
 
+def smtp_messages(params: Mapping[str, Any]) -> Script:
+    """One ``size``-byte message per cycle (bench/smtp_script.py)."""
+    return smtp_script.smtp(params["size"])
+
+
 LEGACY_FIRST = ("stdlib-poll", "stdlib-select", "asyncio")
 SELECT_FIRST = ("stdlib-select", "stdlib-poll", "asyncio")
 CPU_METRICS = ("client_cpu", "server_cpu")
+#: Units of work per server CPU-second first (plotted), then the rate.
+PER_CPU_FIRST = ("ops_per_cpu_s", "rate", "server_us_per_op", *CPU_METRICS)
 ROUND_TRIPS = ("round trip", "round trips")
 REQUESTS = ("request", "requests")
+#: The TLS server program serves both apis (--impl pollchat, --loop asyncio|uvloop).
+TLS_SERVERS = {"legacy": "tls_server.py", "asyncio": "tls_server.py"}
 
 WORKLOADS: Tuple[Workload, ...] = (
     Workload(
@@ -305,7 +322,7 @@ WORKLOADS: Tuple[Workload, ...] = (
                     "writes each reply (`uvloop-batched`: one write per read). Requests "
                     "per server CPU-second.",
         server_mode="kv", client="script", script=kv_script,
-        metrics=("ops_per_cpu_s", "rate", "server_us_per_op", *CPU_METRICS), op=REQUESTS,
+        metrics=PER_CPU_FIRST, op=REQUESTS,
         full=(kv_point("get-set", 1), kv_point("get-set", 16), kv_point("set", 1),
               kv_point("set", 16)),
         quick=(kv_point("get-set", 1), kv_point("get-set", 16), kv_point("set", 16)),
@@ -317,7 +334,7 @@ WORKLOADS: Tuple[Workload, ...] = (
                     "terminator b'\\r\\n\\r\\n') and sends a small fixed response. "
                     "Requests per server CPU-second.",
         server_mode="http", client="script", script=lambda params: scripts.http_keepalive(),
-        metrics=("ops_per_cpu_s", "rate", "server_us_per_op", *CPU_METRICS), op=REQUESTS,
+        metrics=PER_CPU_FIRST, op=REQUESTS,
         full=(Point("conns100", "100 connections", {"conns": 100}),),
         quick=(Point("conns100", "100 connections", {"conns": 100}),),
         baselines=SELECT_FIRST),
@@ -349,6 +366,63 @@ WORKLOADS: Tuple[Workload, ...] = (
         metrics=("mb_per_s", "server_us_per_op", *CPU_METRICS), op=("MB", "MB"),
         full=bulk_points((100 * MB, 1000 * MB)), quick=bulk_points((MB, 16 * MB)),
         baselines=LEGACY_FIRST),
+    Workload(
+        key="smtp", title="Mail (smtpd), 1 KB messages",
+        description="50 SMTP sessions, each sending 1 KB messages one after another "
+                    "(MAIL, RCPT and DATA pipelined in one write, then the message) to a "
+                    "sink written against the smtpd API (`servers/smtp_server.py`): "
+                    "pollchat.smtpd, or CPython 3.11's smtpd on its asyncore, only the "
+                    "import differing. Messages per server CPU-second (issue 13).",
+        server_mode="smtp", servers={"legacy": "smtp_server.py"}, client="script",
+        script=smtp_messages,
+        metrics=PER_CPU_FIRST,
+        op=("message", "messages"),
+        full=(Point("conns50", "50 connections", {"conns": 50, "size": 1024}),),
+        quick=(Point("conns50", "50 connections", {"conns": 50, "size": 1024}),),
+        baselines=SELECT_FIRST),
+    Workload(
+        key="tls_echo", title="TLS echo (100 connections)",
+        description="100 TLS connections, each doing sequential line ping-pong (16-byte "
+                    "lines), against the echo server over TLS: an async_chat calling "
+                    "start_tls() (pollchat's MemoryBIO transport) or an asyncio Protocol "
+                    "behind create_server(ssl=...) (asyncio's TLS transport, on asyncio's "
+                    "loop and uvloop's). The client is Python (`tls_client.py`), so round "
+                    "trips per server CPU-second is the figure (issue 14).",
+        server_mode="echo", servers=TLS_SERVERS, client="tls",
+        metrics=PER_CPU_FIRST, op=ROUND_TRIPS,
+        full=(Point("conns100", "100 TLS clients", {"conns": 100}),),
+        quick=(Point("conns100", "100 TLS clients", {"conns": 100}),),
+        baselines=("asyncio",), impls=("pollchat", "asyncio", "uvloop")),
+    Workload(
+        key="tls_idle", title="Idle TLS connections",
+        description="One TLS connection does sequential line ping-pong while N idle TLS "
+                    "connections (each past its handshake and one round trip) are open. "
+                    "Round trips per second: idle TLS sessions must cost nothing per loop "
+                    "pass (issue 14). Client and server share one CPU, as in Idle scaling.",
+        server_mode="echo", servers=TLS_SERVERS, client="tls",
+        metrics=("rate", "ops_per_cpu_s", "server_us_per_op", *CPU_METRICS), op=ROUND_TRIPS,
+        full=idle_points((0, 10000)), quick=idle_points((0, 500)),
+        baselines=("asyncio",), axis="idle", same_cpu=True,
+        impls=("pollchat", "asyncio", "uvloop")),
+    Workload(
+        key="workers", title="Workers (pollchat run --workers)",
+        description="100 clients doing sequential ping-pong (16-byte lines) against the "
+                    "legacy echo program run unmodified under `pollchat run --workers N` "
+                    "(`pollchat-workersN`, best backend). Nothing is pinned: the workers and "
+                    "the load generator share every CPU. Round trips/s, and round trips "
+                    "per server CPU-second with the CPU of the master and every worker "
+                    "(issue 15). How it scales, and why: the workers share nothing but "
+                    "the listening socket, so a round trip costs a worker what it costs "
+                    "one process, and throughput follows the CPU the server gets. With "
+                    "cores to spare it grows with the worker count; on a 2-CPU machine "
+                    "the load generator (its CPU is in the table) takes its share of the "
+                    "same cores, and a second worker can only use what it leaves, so "
+                    "round trips per server CPU-second is the figure to compare.",
+        server_mode="echo", client="script", script=pingpong_script,
+        metrics=("rate", "ops_per_cpu_s", "server_us_per_op", *CPU_METRICS), op=ROUND_TRIPS,
+        full=(Point("conns100", "100 clients", {"conns": 100}),),
+        quick=(Point("conns100", "100 clients", {"conns": 100}),),
+        baselines=("pollchat-workers1",), impls=("pollchat-workers",)),
 )
 
 

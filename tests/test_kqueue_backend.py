@@ -25,6 +25,7 @@ import socket
 
 import pytest
 import standins
+
 from pollchat.backends import ERR, HUP, NVAL, READ, WRITE, make_backend
 
 KQUEUE_VARIANTS = (

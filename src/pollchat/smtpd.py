@@ -34,6 +34,18 @@ Options:
     -d
         Print the SMTP dialogue on stderr.
 
+    --tls-cert certfile
+        Offer STARTTLS (RFC 3207) with this certificate chain (PEM; it may
+        hold the key too).  An extension of pollchat's: CPython's smtpd had
+        no TLS.
+
+    --tls-key keyfile
+        The certificate's private key, if not in certfile.
+
+    --require-tls
+        With --tls-cert: refuse every command but EHLO, NOOP, QUIT and
+        STARTTLS (530) until the client has started TLS.
+
     --help
     -h
         Print this text and exit.
@@ -66,6 +78,9 @@ from warnings import warn
 
 from . import asynchat, asyncore
 
+if _typing.TYPE_CHECKING:
+    import ssl as _ssl
+
 __all__ = ["SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"]
 
 program = sys.argv[0] if getattr(sys, "argv", None) else ""
@@ -97,6 +112,9 @@ _HELP_SYNTAX = {"EHLO": "EHLO hostname", "HELO": "HELO hostname",
                 "MAIL": "MAIL FROM: <address>", "RCPT": "RCPT TO: <address>",
                 "DATA": "DATA", "RSET": "RSET", "NOOP": "NOOP", "QUIT": "QUIT",
                 "VRFY": "VRFY <address>"}
+# The commands a server that requires TLS still answers before STARTTLS
+# (RFC 3207, section 4); every other one gets 530.
+_ALLOWED_BEFORE_TLS = frozenset({"EHLO", "NOOP", "QUIT", "STARTTLS"})
 
 
 def _debug(*parts: object) -> None:
@@ -148,6 +166,12 @@ class SMTPChannel(asynchat.async_chat):
     ``500 Error: line too long`` and only the first ``limit`` bytes or so are
     kept; a message longer than ``data_size_limit`` is answered ``552`` and
     not delivered.
+
+    STARTTLS (RFC 3207; pollchat's extension, 3.11 had none) is offered only
+    when ``ssl_context`` is given; ``require_tls`` then refuses every command
+    but EHLO, NOOP, QUIT and STARTTLS with ``530`` until TLS is on.  Without
+    a context the channel behaves exactly as 3.11's (``STARTTLS`` is an
+    unknown command).
     """
 
     COMMAND = 0
@@ -160,15 +184,26 @@ class SMTPChannel(asynchat.async_chat):
     command_size_limits: _typing.DefaultDict[str, int] = collections.defaultdict(
         lambda limit=command_size_limit: limit)  # type: ignore[misc]
 
+    # STARTTLS settings.  Class defaults, set on the instance only when
+    # given: a plaintext channel's attributes stay exactly 3.11's.
+    _ssl_context: _typing.Optional[_ssl.SSLContext] = None
+    _require_tls = False
+
     def __init__(self, server: SMTPServer, conn: _typing.Any, addr: _typing.Any,  # noqa: PLR0917
                  data_size_limit: _typing.Optional[int] = DATA_SIZE_DEFAULT,
                  map: _typing.Optional[dict[_typing.Any, _typing.Any]] = None,
-                 enable_SMTPUTF8: bool = False, decode_data: bool = False) -> None:
+                 enable_SMTPUTF8: bool = False, decode_data: bool = False, *,
+                 ssl_context: _typing.Optional[_ssl.SSLContext] = None,
+                 require_tls: bool = False) -> None:
+        # Checked before joining the map: no half-made channel is left in it.
         if enable_SMTPUTF8 and decode_data:
-            # Checked before joining the map: no half-made channel is left in it.
             raise ValueError("decode_data and enable_SMTPUTF8 cannot be set to True at the "
                              "same time: SMTPUTF8 needs the message as bytes")
+        _check_tls_settings(ssl_context, require_tls)
         asynchat.async_chat.__init__(self, conn, map=map)
+        if ssl_context is not None:
+            self._ssl_context = ssl_context
+            self._require_tls = require_tls
         self.smtp_server = server
         self.conn = conn
         self.addr = addr
@@ -188,11 +223,7 @@ class SMTPChannel(asynchat.async_chat):
             self._newline = b"\n"
         self._undecodable = False  # the current line is not UTF-8 (decode_data)
         self._decoder = _utf8_decoder() if decode_data else None
-        self._set_rset_state()
-        self.seen_greeting = ""
-        self.extended_smtp = False
-        factory = getattr(type(self).command_size_limits, "default_factory", None)
-        self.command_size_limits = collections.defaultdict(factory)
+        self._forget_session()
         self.fqdn = socket.getfqdn()
         try:
             self.peer = conn.getpeername()
@@ -226,6 +257,16 @@ class SMTPChannel(asynchat.async_chat):
         self._set_post_data_state()
         self.received_data: _typing.Any = ""
         self.received_lines: list[_typing.Any] = []
+
+    def _forget_session(self) -> None:
+        """The state of a new session: no greeting, no transaction, the
+        default command limits (after STARTTLS too: RFC 3207, 4.2, voids
+        everything the client said before TLS)."""
+        self._set_rset_state()
+        self.seen_greeting: str = ""
+        self.extended_smtp = False
+        factory = getattr(type(self).command_size_limits, "default_factory", None)
+        self.command_size_limits = collections.defaultdict(factory)
 
     # The old private names: deprecated aliases of the public ones.
     __server = _renamed_attribute("__server", "smtp_server")
@@ -346,6 +387,9 @@ class SMTPChannel(asynchat.async_chat):
             self.push("500 Error: line too long")
         elif undecodable:
             self.push("500 Error: bad syntax")
+        elif self._require_tls and command not in _ALLOWED_BEFORE_TLS \
+                and not self._tls_on():
+            self.push("530 Must issue a STARTTLS command first")
         else:
             method = getattr(self, "smtp_" + command, None)
             if method is None:
@@ -400,6 +444,8 @@ class SMTPChannel(asynchat.async_chat):
         if self.enable_SMTPUTF8:
             self.push("250-SMTPUTF8")
             self.command_size_limits["MAIL"] += 10  # room for " SMTPUTF8"
+        if self._ssl_context is not None and not self._tls_on():
+            self.push("250-STARTTLS")
         self.push("250 HELP")
 
     def smtp_NOOP(self, arg: _typing.Optional[str]) -> None:
@@ -438,12 +484,16 @@ class SMTPChannel(asynchat.async_chat):
         return result
 
     def smtp_HELP(self, arg: _typing.Optional[str]) -> None:
+        supported = _SUPPORTED if self._ssl_context is None else _SUPPORTED + " STARTTLS"
         if not arg:
-            self.push(f"250 Supported commands: {_SUPPORTED}")
+            self.push(f"250 Supported commands: {supported}")
             return
-        syntax = _HELP_SYNTAX.get(arg.upper())
+        verb = arg.upper()
+        syntax = _HELP_SYNTAX.get(verb)
+        if syntax is None and verb == "STARTTLS" and self._ssl_context is not None:
+            syntax = "STARTTLS"
         if syntax is None:
-            self.push(f"501 Supported commands: {_SUPPORTED}")
+            self.push(f"501 Supported commands: {supported}")
             return
         if self.extended_smtp and syntax.startswith(("MAIL", "RCPT")):
             syntax += _PARAMS_SYNTAX
@@ -564,6 +614,34 @@ class SMTPChannel(asynchat.async_chat):
     def smtp_EXPN(self, arg: _typing.Optional[str]) -> None:
         self.push("502 EXPN not implemented")
 
+    # -- STARTTLS (RFC 3207): pollchat's extension ------------------------------------
+
+    def smtp_STARTTLS(self, arg: _typing.Optional[str]) -> None:
+        """Upgrade the session to TLS (only with an ``ssl_context``).
+
+        The ``220`` reply goes out in plaintext, then the handshake starts
+        (``start_tls()``); commands the client pipelined behind STARTTLS are
+        discarded unread, and the session starts over, as RFC 3207 requires:
+        no greeting, no transaction, the command limits of a new session.
+        A failed handshake closes the connection (one INFO line on
+        ``pollchat.tls``).
+        """
+        if self._ssl_context is None:
+            self.push('500 Error: command "STARTTLS" not recognized')  # as in 3.11
+        elif arg:
+            self.push("501 Syntax: STARTTLS")
+        elif self._tls_on():
+            self.push("503 Error: TLS already active")
+        else:
+            self.push("220 Ready to start TLS")
+            self.start_tls(self._ssl_context, server_side=True)
+            self._forget_session()
+
+    def _tls_on(self) -> bool:
+        """Whether TLS is on or starting on this session (by STARTTLS, or a
+        subclass's own ``start_tls()``, e.g. for implicit TLS)."""
+        return self._pc_tls is not None or self._pc_tls_pending is not None
+
 
 # <local@domain>, both dot-atoms of ASCII atext (RFC 5322 3.2.3), then
 # nothing or whitespace and a parameter: what nearly every client sends.  For
@@ -605,6 +683,40 @@ def _default_limit(limits: _typing.DefaultDict[str, int]) -> int:
     return limits.default_factory()
 
 
+def _check_tls_settings(ssl_context: _typing.Any, require_tls: bool) -> None:
+    """Refuse STARTTLS settings that cannot work, before anything is made."""
+    if ssl_context is None:
+        if require_tls:
+            raise ValueError("require_tls needs an ssl_context: pass the server's "
+                             "ssl.SSLContext too")
+        return
+    import ssl
+
+    if not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError(f"ssl_context must be an ssl.SSLContext, not "
+                        f"{type(ssl_context).__name__}")
+
+
+def _check_channel_takes_tls(channel_class: _typing.Any) -> None:
+    """Raise TypeError unless ``channel_class`` accepts the keyword
+    arguments a STARTTLS server passes (a subclass of SMTPChannel written
+    for 3.11, with its own ``__init__`` signature, may not)."""
+    import inspect
+
+    try:
+        signature = inspect.signature(channel_class)
+    except (TypeError, ValueError):
+        return  # not introspectable (a builtin or C callable): trust it
+    try:
+        signature.bind(None, None, None, None, None, False, False,
+                       ssl_context=None, require_tls=False)
+    except TypeError:
+        raise TypeError(f"{getattr(channel_class, '__qualname__', channel_class)} does not "
+                        f"take the ssl_context= and require_tls= keyword arguments that "
+                        f"STARTTLS needs: accept them (or **kwargs) in its __init__ and "
+                        f"pass them on to SMTPChannel.__init__") from None
+
+
 def _unstuff(message: _typing.AnyStr, crlf: _typing.AnyStr, dot: _typing.AnyStr,
              newline: _typing.AnyStr) -> _typing.AnyStr:
     """Drop the dot that starts a line (RFC 5321 4.5.2) and replace CRLF by
@@ -636,19 +748,35 @@ class SMTPServer(asyncore.dispatcher):
         decode_data: hand messages over as ``str`` (UTF-8 decoded) instead
             of ``bytes``; then 8BITMIME is not offered and
             ``process_message`` gets no keyword arguments.
+        ssl_context: offer STARTTLS with this server-side
+            :class:`ssl.SSLContext` (pollchat's extension; 3.11's smtpd had
+            no TLS).  Each channel gets it as ``ssl_context=``.
+        require_tls: with ``ssl_context``, answer ``530`` to every command
+            but EHLO, NOOP, QUIT and STARTTLS until TLS is on (RFC 3207:
+            for servers that are not publicly referenced).
 
     Raises:
-        ValueError: both ``enable_SMTPUTF8`` and ``decode_data``.
+        ValueError: both ``enable_SMTPUTF8`` and ``decode_data``;
+            ``require_tls`` without ``ssl_context``.
+        TypeError: ``ssl_context`` is not an :class:`ssl.SSLContext`, or
+            ``channel_class`` takes no ``ssl_context``/``require_tls``
+            keyword arguments.
         OSError: the address cannot be resolved or bound (the socket is
             closed first).
     """
 
     channel_class = SMTPChannel
 
+    # Class defaults, set on the instance only when given (see SMTPChannel).
+    _ssl_context: _typing.Optional[_ssl.SSLContext] = None
+    _require_tls = False
+
     def __init__(self, localaddr: _typing.Any, remoteaddr: _typing.Any,  # noqa: PLR0917
                  data_size_limit: _typing.Optional[int] = DATA_SIZE_DEFAULT,
                  map: _typing.Optional[dict[_typing.Any, _typing.Any]] = None,
-                 enable_SMTPUTF8: bool = False, decode_data: bool = False) -> None:
+                 enable_SMTPUTF8: bool = False, decode_data: bool = False, *,
+                 ssl_context: _typing.Optional[_ssl.SSLContext] = None,
+                 require_tls: bool = False) -> None:
         self._localaddr = localaddr
         self._remoteaddr = remoteaddr
         self.data_size_limit = data_size_limit
@@ -657,6 +785,13 @@ class SMTPServer(asyncore.dispatcher):
         if enable_SMTPUTF8 and decode_data:
             raise ValueError("decode_data and enable_SMTPUTF8 cannot be set to True at the "
                              "same time: SMTPUTF8 needs the message as bytes")
+        _check_tls_settings(ssl_context, require_tls)
+        if ssl_context is not None:
+            # Now, not at the first connection: there the TypeError would
+            # reach the listener's handle_error() and close it.
+            _check_channel_takes_tls(self.channel_class)
+            self._ssl_context = ssl_context
+            self._require_tls = require_tls
         asyncore.dispatcher.__init__(self, map=map)
         try:
             # (host, port) only: 3.11 passed an IPv6 4-tuple's flowinfo and
@@ -678,8 +813,14 @@ class SMTPServer(asyncore.dispatcher):
 
     def handle_accepted(self, conn: socket.socket, addr: _typing.Any) -> None:
         _debug(f"Incoming connection from {addr!r}")
-        self.channel_class(self, conn, addr, self.data_size_limit, self._map,
-                           self.enable_SMTPUTF8, self._decode_data)
+        if self._ssl_context is None:
+            # 3.11's call, unchanged: channel classes written for it work.
+            self.channel_class(self, conn, addr, self.data_size_limit, self._map,
+                               self.enable_SMTPUTF8, self._decode_data)
+        else:
+            self.channel_class(self, conn, addr, self.data_size_limit, self._map,
+                               self.enable_SMTPUTF8, self._decode_data,
+                               ssl_context=self._ssl_context, require_tls=self._require_tls)
 
     def process_message(self, peer: _typing.Any, mailfrom: str, rcpttos: list[str],
                         data: _typing.Any, **kwargs: _typing.Any) -> _typing.Optional[str]:
@@ -796,6 +937,10 @@ class Options:
     classname = "PureProxy"
     size_limit: _typing.Optional[int] = None
     enable_SMTPUTF8 = False
+    # STARTTLS (pollchat's options; private, so Options stays 3.11's).
+    _tls_cert: _typing.Optional[str] = None
+    _tls_key: _typing.Optional[str] = None
+    _require_tls = False
     localhost: str
     localport: int
     remotehost: str
@@ -809,7 +954,8 @@ def parseargs() -> Options:
     try:
         opts, args = getopt.getopt(
             sys.argv[1:], "nVhc:s:du",
-            ["class=", "nosetuid", "version", "help", "size=", "debug", "smtputf8"])
+            ["class=", "nosetuid", "version", "help", "size=", "debug", "smtputf8",
+             "tls-cert=", "tls-key=", "require-tls"])
     except getopt.error as exc:
         usage(1, exc)
     options = Options()
@@ -827,6 +973,12 @@ def parseargs() -> Options:
             DEBUGSTREAM = sys.stderr
         elif opt in ("-u", "--smtputf8"):
             options.enable_SMTPUTF8 = True
+        elif opt == "--tls-cert":
+            options._tls_cert = value
+        elif opt == "--tls-key":
+            options._tls_key = value
+        elif opt == "--require-tls":
+            options._require_tls = True
         elif opt in ("-s", "--size"):
             try:
                 options.size_limit = int(value)
@@ -835,6 +987,8 @@ def parseargs() -> Options:
                 sys.exit(1)
     if len(args) > 2:
         usage(1, "Invalid arguments: %s" % COMMASPACE.join(args))
+    if options._tls_cert is None and (options._tls_key or options._require_tls):
+        usage(1, "--tls-key and --require-tls need --tls-cert")
     localspec = args[0] if args else "localhost:8025"
     remotespec = args[1] if len(args) > 1 else "localhost:25"
     options.localhost, options.localport = _host_port(localspec, "local")
@@ -865,6 +1019,21 @@ def _server_class(classname: str) -> _typing.Any:
         sys.exit(1)
 
 
+def _tls_context(certfile: str, keyfile: _typing.Optional[str]) -> _typing.Any:
+    """The server context of ``--tls-cert``/``--tls-key``; exits with one
+    line if the files cannot be used."""
+    import ssl
+
+    from .tls import server_context
+
+    try:
+        return server_context(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"{program}: cannot use --tls-cert {certfile}"
+              + (f" --tls-key {keyfile}" if keyfile else "") + f": {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
 def _main() -> None:
     """``python -m pollchat.smtpd``: 3.11's ``python -m smtpd``."""
     from ._install import install
@@ -873,9 +1042,21 @@ def _main() -> None:
     # The class named by -c may `import smtpd`: on 3.12+ that needs us.
     install()
     server_class = _server_class(options.classname)
-    server_class((options.localhost, options.localport),
-                 (options.remotehost, options.remoteport),
-                 options.size_limit, enable_SMTPUTF8=options.enable_SMTPUTF8)
+    tls: dict[str, _typing.Any] = {}
+    if options._tls_cert is not None:
+        tls = {"ssl_context": _tls_context(options._tls_cert, options._tls_key),
+               "require_tls": options._require_tls}
+    try:
+        server_class((options.localhost, options.localport),
+                     (options.remotehost, options.remoteport),
+                     options.size_limit, enable_SMTPUTF8=options.enable_SMTPUTF8, **tls)
+    except TypeError as exc:
+        if not tls:
+            raise
+        # A -c class written for 3.11, whose __init__ takes no TLS settings.
+        print(f"{program}: cannot offer STARTTLS with -c {options.classname}: {exc}",
+              file=sys.stderr)
+        sys.exit(1)
     if options.setuid:
         try:
             import pwd
