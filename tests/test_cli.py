@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pollchat import __version__, backends, cli
+from pollchat import __version__, backends, cli, runprog
 
 WAIT = 20.0
 
@@ -274,4 +274,4 @@ def test_run_warns_when_select_caps_the_program(tmp_path):
     ([], [], []),
 ])
 def test_run_splits_its_options_from_the_programs(tokens, mine, program):
-    assert cli._split_run_args(tokens) == (mine, program)
+    assert runprog.split_run_args(tokens) == (mine, program)

@@ -20,11 +20,9 @@ does with CPython's module.
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import socket
 import sys
-import time
 from errno import (
     EAGAIN,
     EALREADY,
@@ -46,7 +44,8 @@ from typing import Any, Dict, Optional, Tuple
 from . import maps
 from .dispatch import DISCONNECTED, REraised, compact_traceback
 from .dispatch import strerror as _strerror
-from .interest import managed_interest
+from .listening import back_off_accepting, refuse_unwatchable
+from .observed import managed_predicate, observed, observed_slot, overridable, slot_of
 from .tls import TLSChannelMixin, is_ssl_error, legacy_pending, legacy_send_error
 
 __all__ = ["close_all", "dispatcher", "dispatcher_with_send", "managed_predicate", "observed",
@@ -69,13 +68,9 @@ _LEGACY_MODULES = {"pollchat.channel": "asyncore", "pollchat.asyncore": "asyncor
 # is broken": back off instead of closing the listener (asyncio and gevent do
 # the same).  CPython's asyncore sent them to handle_error(), which closed it.
 _ACCEPT_RESOURCE_ERRNOS = frozenset({EMFILE, ENFILE, ENOBUFS, ENOMEM})
-# At most one log line per listener per this many seconds about connections
-# refused because select() cannot watch their fds.
-_REFUSED_LOG_INTERVAL = 10.0
 
-#: id() of each of the library's observed-attribute properties (they live as
-#: long as their classes) -> the slot behind it.
-_OBSERVED: Dict[int, str] = {}
+
+
 
 # In a worker process of ``pollchat run --workers`` / ``pollchat.workers.serve``
 # this is the worker's hooks object (pollchat._sharing.WorkerHooks):
@@ -94,89 +89,6 @@ def _accept_queue_of(listener: dispatcher) -> Any:
 
         queue = listener._accept_queue = AcceptQueue(listener)
     return queue
-
-
-def observed(name: str, doc: str, getter: Any = None, setter: Any = None) -> property:
-    """A channel attribute whose changes its loop must hear of.
-
-    Reading is a C-level attribute load of the ``_pc_<name>`` slot (unless a
-    ``getter`` is given); an assignment stores there and calls
-    ``_interest_changed()`` (unless a ``setter`` is given, which must).
-    """
-    slot = "_pc_" + name
-
-    def store(self: Any, value: Any) -> None:
-        setattr(self, slot, value)
-        self._interest_changed()
-
-    prop = property(getter or operator.attrgetter(slot), setter or store, doc=doc)
-    _OBSERVED[id(prop)] = slot
-    return prop
-
-
-def _slot_of(value: Any) -> Optional[str]:
-    return _OBSERVED.get(id(value)) if isinstance(value, property) else None
-
-
-class overridable:
-    """A method that notices when an instance replaces it.
-
-    ``obj.method = f`` (or ``mock.patch.object(obj, "method")``) calls
-    ``on_override(obj)``, so the library can stop relying on the stock
-    method for that instance, and the instance's replacement is what
-    ``obj.method`` gives from then on; ``del obj.method`` restores the stock
-    one.  Class access (``cls.method``) gives the plain function, as for any
-    method, so subclasses override it the usual way.  Reading it from an
-    instance costs a Python-level call: for methods the library does not
-    call on its hot path.
-    """
-
-    def __init__(self, func: Any, on_override: Any) -> None:
-        self.func = func
-        self.on_override = on_override
-        self.slot = "_pc_replaced_" + func.__name__
-        self.__doc__ = func.__doc__
-        self.__name__ = func.__name__
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        setattr(owner, self.slot, None)
-
-    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
-        if obj is None:
-            return self.func
-        replaced = getattr(obj, self.slot)
-        return replaced if replaced is not None else self.func.__get__(obj, owner)
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        setattr(obj, self.slot, value)
-        self.on_override(obj)
-
-    def __delete__(self, obj: Any) -> None:
-        if getattr(obj, self.slot) is None:
-            raise AttributeError(self.__name__)
-        setattr(obj, self.slot, None)
-
-
-def _predicate_replaced(channel: Any) -> None:
-    # An instance's own readable()/writable(): ask it on every pass.
-    channel._pc_unobserved = True
-    channel._interest_changed()
-
-
-def managed_predicate(func: Any) -> overridable:
-    """The library's ``readable``/``writable``: trusted by the loop
-    (:func:`~pollchat.interest.managed_interest`) until an instance replaces
-    it, which makes the loop ask that channel on every pass."""
-    return overridable(managed_interest(func), _predicate_replaced)
-
-
-def _observed_slot(cls: type, name: str) -> Optional[str]:
-    """The slot behind ``name`` if a base of ``cls`` defines it as one of the
-    library's observed attributes."""
-    for base in cls.__mro__[1:]:
-        if name in base.__dict__:
-            return _slot_of(base.__dict__[name])
-    return None
 
 
 class dispatcher(TLSChannelMixin):
@@ -229,8 +141,8 @@ class dispatcher(TLSChannelMixin):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name, value in list(cls.__dict__.items()):
-            slot = _observed_slot(cls, name)
-            if slot is None or _slot_of(value) is not None:
+            slot = observed_slot(cls, name)
+            if slot is None or slot_of(value) is not None:
                 continue  # not observed above, or the library's own property
             if hasattr(value, "__get__"):
                 # A descriptor of the program's own: what it stores cannot be
@@ -417,7 +329,7 @@ class dispatcher(TLSChannelMixin):
             if why.errno in (EWOULDBLOCK, ECONNABORTED, EAGAIN):
                 return None
             if why.errno in _ACCEPT_RESOURCE_ERRNOS and self.accept_backoff is not None:
-                self._back_off_accepting(why)
+                back_off_accepting(self, why)
                 return None
             raise
         if self._accept_failing:
@@ -425,39 +337,9 @@ class dispatcher(TLSChannelMixin):
             logger.warning("%r accepts connections again", self)
         loop = maps.loop_for_map(self._map)
         if loop is not None and loop.max_fd is not None and conn.fileno() > loop.max_fd:
-            self._refuse_unwatchable(conn, addr, loop.max_fd)
+            refuse_unwatchable(self, conn, addr, loop.max_fd)
             return None
         return conn, addr
-
-    def _refuse_unwatchable(self, conn: Any, addr: Any, max_fd: int) -> None:
-        # The loop could never watch this connection (select() and fds at or
-        # above FD_SETSIZE): close it now, before the program greets a client
-        # it cannot serve, and say so, at most once per interval.
-        conn.close()
-        self._refused_fds += 1
-        now = time.monotonic()
-        if now - self._refused_logged >= _REFUSED_LOG_INTERVAL:
-            logger.error("%r refused %d connection(s) (the last from %r): their fds are above "
-                         "%d, which the select backend cannot watch; use the epoll or poll "
-                         "backend (POLLCHAT_BACKEND=epoll) to serve more clients",
-                         self, self._refused_fds, addr, max_fd)
-            self._refused_fds = 0
-            self._refused_logged = now
-
-    def _back_off_accepting(self, why: OSError) -> None:
-        # Level-triggered pollers would report the pending connection again
-        # at once: a busy loop.  Stop watching the listener for a while.
-        loop = maps.loop_for_map(self._map)
-        if loop is None:
-            return  # not in a loop: the next accept() in one backs off
-        if not self._accept_failing:
-            self._accept_failing = True
-            logger.warning("%r cannot accept: %s; pausing accepts, retrying every %gs",
-                           self, why.strerror or why, self.accept_backoff)
-        self.pause_reading()
-        # A module function, not a method: a subclass may well have a
-        # `_resume_accepting` of its own (the chat showcase once did).
-        loop.call_later(self.accept_backoff or 0.0, _resume_accepting, self, self._fileno)
 
     # -- flow control and timeouts ---------------------------------------------
 
@@ -684,12 +566,6 @@ class dispatcher_with_send(dispatcher):
         self.initiate_send()
         if not had and self._pc_out_buffer:
             self._interest_changed()  # writable() turned true
-
-
-def _resume_accepting(listener: dispatcher, fd: Any) -> None:
-    """End an accept back-off (unless the listener was closed or re-made)."""
-    if listener._fileno == fd:
-        listener.resume_reading()
 
 
 def _check_open(sock: Any) -> None:

@@ -15,13 +15,13 @@ import os
 import signal
 import sys
 import textwrap
-from types import TracebackType
 from typing import Any, List, Optional, Sequence, Tuple
 
 from . import __version__
 from . import backends as _backends
 from . import channel as _channel
 from ._install import ModuleAlreadyImportedError, install, raise_fd_limit
+from .runprog import CliError, run_program, split_run_args
 
 __all__ = ["build_parser", "main"]
 
@@ -63,18 +63,6 @@ examples:
 then, in other terminals:  nc 127.0.0.1 7000   or   telnet 127.0.0.1 7000
 commands for clients: /nick NAME, /who, /quit [MESSAGE], /help; anything else is
 sent to everyone. Ctrl-C stops the server (clients are told)."""
-
-# pollchat run's own options; the first other token is the program.
-_RUN_OPTIONS_WITH_VALUE = ("--backend", "--workers", "--graceful-timeout")
-
-
-class _CliError(Exception):
-    """One line for stderr, and the exit status."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
-
 
 def _port(text: str) -> int:
     try:
@@ -224,12 +212,12 @@ def _resolve_backend(name: Optional[str]) -> Tuple[str, str]:
     """(concrete backend name, where the choice came from).
 
     Raises:
-        _CliError: unknown or unavailable (status 2).
+        CliError: unknown or unavailable (status 2).
     """
     try:
         choice = _backends.resolve_backend(name)
     except _backends.UnknownBackendError as exc:
-        raise _CliError(str(exc), 2) from None
+        raise CliError(str(exc), 2) from None
     return choice.name, "--backend" if choice.origin == "argument" else choice.origin
 
 
@@ -292,49 +280,6 @@ def _warn_of_fd_cap(log: logging.Logger, backend: str, who: str, unit: str) -> N
         log.warning("%s", warning)
 
 
-def _split_run_args(tokens: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """Split ``pollchat run``'s arguments as python splits its own: options
-    up to SCRIPT or ``-m MODULE``, then the program's arguments.
-
-    Returns ``(for argparse, for the program)``.
-    """
-    mine: List[str] = []
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if token == "--":
-            mine.extend(tokens[i:i + 2])
-            return mine, list(tokens[i + 2:])
-        if token == "-m":
-            mine.extend(tokens[i:i + 2])
-            return mine, list(tokens[i + 2:])
-        if token.startswith("-m") and not token.startswith("--"):  # -mMODULE
-            mine.append(token)
-            return mine, list(tokens[i + 1:])
-        if token in _RUN_OPTIONS_WITH_VALUE:
-            mine.extend(tokens[i:i + 2])
-            i += 2
-            continue
-        if token.startswith("-") and token != "-":
-            mine.append(token)  # a flag, or an unknown option argparse will report
-            i += 1
-            continue
-        mine.append(token)  # SCRIPT
-        return mine, list(tokens[i + 1:])
-    return mine, []
-
-
-def _trim_traceback(tb: Optional[TracebackType]) -> Optional[TracebackType]:
-    """Drop the frames of pollchat run and runpy from the top of ``tb``, so
-    that the program's traceback looks as it does under python itself."""
-    import runpy
-
-    ours = {_trim_traceback.__code__.co_filename, runpy.run_path.__code__.co_filename}
-    while tb is not None and tb.tb_frame.f_code.co_filename in ours:
-        tb = tb.tb_next
-    return tb
-
-
 def _log_to_stderr(name: str, fmt: str, level: int) -> logging.Handler:
     """A stderr handler on logger ``name`` only: the program's own logging
     configuration (basicConfig on the root logger) stays its own."""
@@ -353,7 +298,7 @@ def _log_to_stderr(name: str, fmt: str, level: int) -> logging.Handler:
 def _run(ns: argparse.Namespace, program_args: List[str], real_cli: bool) -> int:
     target = ns.module or ns.script
     if not target:
-        raise _CliError("give the program to run: SCRIPT or -m MODULE "
+        raise CliError("give the program to run: SCRIPT or -m MODULE "
                         "(see 'pollchat run --help')", 2)
     backend, origin = _resolve_backend(ns.backend)
     if origin == "auto":
@@ -362,14 +307,14 @@ def _run(ns: argparse.Namespace, program_args: List[str], real_cli: bool) -> int
         # select, which is the same choice unless select is all there is.
         origin = "auto, unless the program picks one; use_poll=True gets it too"
     if ns.module is None and not os.path.exists(ns.script):
-        raise _CliError(f"can't open file {os.path.abspath(ns.script)!r}: "
+        raise CliError(f"can't open file {os.path.abspath(ns.script)!r}: "
                         f"[Errno 2] No such file or directory", 2)
     if ns.graceful_timeout is not None and ns.workers is None:
-        raise _CliError("--graceful-timeout applies to worker processes: give --workers too", 2)
+        raise CliError("--graceful-timeout applies to worker processes: give --workers too", 2)
     try:
         install()
     except ModuleAlreadyImportedError as exc:
-        raise _CliError(str(exc)) from None
+        raise CliError(str(exc)) from None
 
     log = logging.getLogger("pollchat.cli")
     level = logging.WARNING if ns.quiet else logging.INFO
@@ -391,11 +336,11 @@ def _run(ns: argparse.Namespace, program_args: List[str], real_cli: bool) -> int
                  proxy, _fd_limit_report(ns.raise_fd_limit))
         _warn_of_fd_cap(log, backend, "program", "connections")
         if ns.workers is None:
-            return _run_program(ns.module, ns.script, program_args, real_cli)
+            return run_program(ns.module, ns.script, program_args, real_cli)
         from .workers import DEFAULT_GRACEFUL_TIMEOUT, Master
 
         def run_in_worker() -> int:
-            return _run_program(ns.module, ns.script, program_args, False)
+            return run_program(ns.module, ns.script, program_args, False)
 
         timeout = ns.graceful_timeout or DEFAULT_GRACEFUL_TIMEOUT
         return Master(run_in_worker, ns.workers, timeout).run()
@@ -409,87 +354,6 @@ def _run(ns: argparse.Namespace, program_args: List[str], real_cli: bool) -> int
             os.environ[_backends.ENV_VAR] = saved_env
         for name, handler in handlers:
             logging.getLogger(name).removeHandler(handler)
-
-
-def _run_program(module: Optional[str], script: Optional[str], args: List[str],
-                 real_cli: bool) -> int:
-    """Run the program as python would; its SystemExit propagates."""
-    import runpy
-
-    safe_path = getattr(sys.flags, "safe_path", False)  # python -P: no sys.path[0]
-    try:
-        if module is not None:
-            sys.argv[:] = ["-m", *args]  # runpy puts the module's file in argv[0]
-            if not safe_path:
-                sys.path[0] = os.getcwd()
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
-        else:
-            assert script is not None
-            sys.argv[:] = [script, *args]
-            if os.path.isfile(script) and not script.endswith((".pyc", ".pyo")):
-                if not safe_path:
-                    sys.path[0] = os.path.dirname(os.path.realpath(script))
-                _exec_script(script)
-            else:  # a directory or zip file with __main__.py, or compiled code
-                if not safe_path:
-                    del sys.path[0]  # runpy puts the archive there instead, as python does
-                runpy.run_path(script, run_name="__main__")
-    except SystemExit:
-        raise
-    except KeyboardInterrupt as exc:
-        _print_uncaught(exc)
-        return _interrupted(real_cli)
-    except BaseException as exc:
-        tb = _trim_traceback(exc.__traceback__)
-        if tb is None and module is not None and isinstance(exc, ImportError):
-            raise _CliError(str(exc)) from None  # runpy could not find the module
-        _print_uncaught(exc)
-        return 1
-    return 0
-
-
-def _exec_script(script: str) -> None:
-    """Run a source file as ``python script`` does: in a fresh ``__main__``
-    module (``__file__`` absolute, ``sys.argv[0]`` as given), kept in
-    ``sys.modules`` while it runs."""
-    import builtins
-    import importlib.machinery
-    import types
-
-    path = os.path.abspath(script)
-    with open(path, "rb") as source_file:  # bytes: compile() honours a coding cookie
-        source = source_file.read()
-    code = compile(source, path, "exec", dont_inherit=True)
-    main_module = types.ModuleType("__main__")
-    main_module.__dict__.update(
-        __file__=path, __cached__=None, __package__=None, __spec__=None,
-        __loader__=importlib.machinery.SourceFileLoader("__main__", path),
-        __builtins__=builtins)
-    saved = sys.modules.get("__main__")
-    sys.modules["__main__"] = main_module
-    try:
-        exec(code, main_module.__dict__)
-    finally:
-        if saved is not None:
-            sys.modules["__main__"] = saved
-
-
-def _print_uncaught(exc: BaseException) -> None:
-    """Report an exception the program did not catch, through
-    ``sys.excepthook`` as python does, without pollchat's own frames."""
-    exc.__traceback__ = _trim_traceback(exc.__traceback__)
-    sys.excepthook(type(exc), exc, exc.__traceback__)
-
-
-def _interrupted(real_cli: bool) -> int:
-    """Exit as python does after an uncaught KeyboardInterrupt: killed by
-    SIGINT (so that shells see it), or status 130 when called in-process."""
-    if real_cli and hasattr(signal, "SIGINT") and os.name == "posix":
-        sys.stdout.flush()
-        sys.stderr.flush()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-    return 130
 
 
 # -- backends ----------------------------------------------------------------------------
@@ -574,7 +438,7 @@ def _chat(ns: argparse.Namespace) -> int:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         host = f"[{ns.host}]" if ":" in ns.host else ns.host
-        raise _CliError(f"cannot listen on {host}:{ns.port}: {reason}") from None
+        raise CliError(f"cannot listen on {host}:{ns.port}: {reason}") from None
     host, port = server.address
     shown = f"[{host}]" if ":" in host else host
     log.info("listening on %s:%d%s (backend %s, %s; max line %d bytes%s); %s; Ctrl-C to stop",
@@ -605,12 +469,12 @@ def _tls_context(certfile: Optional[str], keyfile: Optional[str]) -> Any:
     """The chat's server-side TLS context, or None without --certfile.
 
     Raises:
-        _CliError: --keyfile alone (status 2); a file that cannot be read or
+        CliError: --keyfile alone (status 2); a file that cannot be read or
             holds no valid certificate/key (status 1).
     """
     if certfile is None:
         if keyfile is not None:
-            raise _CliError("--keyfile needs --certfile", 2)
+            raise CliError("--keyfile needs --certfile", 2)
         return None
     import ssl
 
@@ -620,7 +484,7 @@ def _tls_context(certfile: Optional[str], keyfile: Optional[str]) -> Any:
         return server_context(certfile, keyfile)
     except (OSError, ssl.SSLError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise _CliError(f"cannot use the TLS certificate {certfile!r}"
+        raise CliError(f"cannot use the TLS certificate {certfile!r}"
                         f"{f' and key {keyfile!r}' if keyfile else ''}: {reason}") from None
 
 
@@ -640,7 +504,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     program_args: List[str] = []
     if tokens and tokens[0] == "run":
-        mine, program_args = _split_run_args(tokens[1:])
+        mine, program_args = split_run_args(tokens[1:])
         tokens = ["run", *mine]
     ns, unknown = parser.parse_known_args(tokens)
     if unknown:  # reported by the subcommand's parser, with its usage line
@@ -657,7 +521,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if ns.command == "chat":
             return _chat(ns)
-    except _CliError as exc:
+    except CliError as exc:
         print(f"{PROG} {ns.command}: {exc}", file=sys.stderr)
         return exc.status
     parser.error(f"unknown command {ns.command!r}")  # pragma: no cover - argparse checks
