@@ -330,3 +330,23 @@ def test_select_accepts_fd_setsize_minus_one(pair):
     finally:
         backend.close()
         os.close(top)
+
+
+def test_backends_use_only_the_public_selectors_api():
+    """The standard selectors' private bookkeeping (_BaseSelectorImpl,
+    _fd_to_key...) moved between Python 3.12 and 3.13: the backends must
+    depend on none of it, only on BaseSelector and SelectorKey."""
+    import ast
+    import pathlib
+    import selectors
+
+    root = pathlib.Path(backends.__file__).parent
+    private = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id == "selectors" and node.attr.startswith("_")):
+                private.append(f"{path.name}:{node.lineno}: selectors.{node.attr}")
+    assert private == []
+    assert [c for c in backends.Backend.__mro__ if c.__module__ == "selectors"] == [
+        selectors.BaseSelector]

@@ -687,3 +687,26 @@ def test_stop_wakes_a_blocked_run_from_another_thread(loop):
     assert time.monotonic() - start < 5
     assert loop.map  # returned because of stop(), not an empty map
     b.close()
+
+
+def test_a_timer_a_handler_sets_for_now_runs_in_the_same_pass(loop):
+    """call_later(0) from a handler runs at the end of that pass, before
+    the next poll (the chat server's departure notices rely on it)."""
+    a, b = socket.socketpair()
+    ran = []
+
+    class Reader(asyncore.dispatcher):
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            self.recv(10)
+            loop.call_later(0, ran.append, "soon")
+
+    Reader(a, map=loop.map)
+    loop.call_later(60, lambda: None)  # a pending timer: the heap is not empty
+    loop.run_once(0)
+    b.send(b"x")  # a socketpair: readable at once
+    loop.run_once(5)  # this pass dispatches the read...
+    assert ran == ["soon"]  # ...and runs what its handler scheduled for now
+    b.close()

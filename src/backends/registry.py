@@ -23,7 +23,18 @@ import os
 import select
 import sys
 import threading
-from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import (
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Literal,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Tuple,
+    Union,
+)
 
 from . import pollers
 from ._base import Backend, UnknownBackendError
@@ -34,6 +45,11 @@ AUTO = "auto"
 
 #: Most scalable first: kernel-side registries, then the O(n) pollers.
 PREFERENCE = ("epoll", "kqueue", "devpoll", "poll", "select")
+
+#: The built-in names (and ``auto``).  Backends registered by others have
+#: names of their own, so the functions that take a name accept any ``str``;
+#: this says which ones are always meant.
+BackendName = Literal["auto", "epoll", "kqueue", "devpoll", "poll", "select"]
 
 BackendFactory = Callable[[], Backend]
 
@@ -225,7 +241,7 @@ class BackendChoice(NamedTuple):
         return f"{self.name} ({why.get(self.origin, 'from ' + self.origin)})"
 
 
-def resolve_backend(name: Optional[str] = None, *, use_poll: bool = False,
+def resolve_backend(name: Union[BackendName, str, None] = None, *, use_poll: bool = False,
                     environ: Optional[Mapping[str, str]] = None) -> BackendChoice:
     """Resolve the backend by pollchat's precedence (module docstring) and
     say what decided.
@@ -260,13 +276,13 @@ def resolve_backend(name: Optional[str] = None, *, use_poll: bool = False,
     return BackendChoice(name, origin)
 
 
-def choose_backend(name: Optional[str] = None, *, use_poll: bool = False,
+def choose_backend(name: Union[BackendName, str, None] = None, *, use_poll: bool = False,
                    environ: Optional[Mapping[str, str]] = None) -> str:
     """The name :func:`resolve_backend` picks (a concrete, available name)."""
     return resolve_backend(name, use_poll=use_poll, environ=environ).name
 
 
-def make_backend(name: Union[str, Backend, None] = None, *, use_poll: bool = False,
+def make_backend(name: Union[BackendName, str, Backend, None] = None, *, use_poll: bool = False,
                  environ: Optional[Mapping[str, str]] = None) -> Backend:
     """Create a backend chosen by :func:`choose_backend` (an instance passes through)."""
     if isinstance(name, Backend):

@@ -52,9 +52,10 @@ import logging
 import re
 import socket
 import time
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from . import asynchat, asyncore
+from .backends import BackendName
 from .loop import Loop
 
 __all__ = ["ChatServer", "ChatSession", "DEFAULT_HOST", "DEFAULT_MAX_LINE", "DEFAULT_PORT",
@@ -62,9 +63,6 @@ __all__ = ["ChatServer", "ChatSession", "DEFAULT_HOST", "DEFAULT_MAX_LINE", "DEF
 
 logger = logging.getLogger("pollchat.chat")
 
-#: The built-in backend names; a third-party backend's registered name is
-#: accepted too (see :func:`pollchat.backends.register_backend`).
-BackendName = Literal["auto", "epoll", "kqueue", "devpoll", "poll", "select"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7000

@@ -32,7 +32,7 @@ from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, Union
 
 from . import dispatch as _events
 from . import maps
-from .backends import NVAL, READ, Backend, event_names, make_backend
+from .backends import NVAL, READ, Backend, BackendName, event_names, make_backend
 from .dispatch import ErrorPolicy, REraised, run_handlers
 from .idle import IdleTimeouts, check_timeout
 from .interest import Interest, managed_interest
@@ -71,7 +71,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def get_loop(map: Optional[Dict[Any, Any]] = None, *,
-             backend: Union[str, Backend, None] = None, use_poll: bool = False) -> Loop:
+             backend: Union[BackendName, str, Backend, None] = None,
+             use_poll: bool = False) -> Loop:
     """The loop serving ``map`` (default: ``asyncore.socket_map``), created on
     first use with the backend chosen by ``backend``, then
     ``POLLCHAT_BACKEND``, then the ``use_poll`` hint, then ``auto``.
@@ -130,7 +131,7 @@ class Loop:
     #: map nobody else holds by them.
     map_references = 3
 
-    def __init__(self, backend: Union[str, Backend, None] = None,
+    def __init__(self, backend: Union[BackendName, str, Backend, None] = None,
                  map: Optional[Dict[Any, Any]] = None, *, use_poll: bool = False,
                  strict: Union[bool, str, None] = None, isolate_errors: bool = False) -> None:
         if map is None:
@@ -387,14 +388,22 @@ class Loop:
                 sleep(timeout)  # only the waker is registered: no channel wants anything
                 return
             events = self.backend.poll(timeout)
+            # One clock reading after the poll serves the idle watches, the
+            # timers and the idle-pass audit; the timers read it again only
+            # if a handler scheduled something (call_later(0) in a handler
+            # runs at the end of this pass, not after the next one's events).
+            now = self.timers.clock() if heap or self._idle.watches or not events else 0.0
+            scheduled = self.timers.scheduled
             if self._ready:
                 events = self._merge_ready(events)
             if events:
-                self._dispatch(events)
+                self._dispatch(events, now)
             elif not interest.strict and not self._checking and self.map:
-                self._audit_when_idle()
+                self._audit_when_idle(now)
             if heap:
-                self._run_timers()
+                if self.timers.scheduled != scheduled:
+                    now = self.timers.clock()
+                self._run_timers(now)
             if self._callbacks:
                 self._run_callbacks()
         finally:
@@ -417,14 +426,14 @@ class Loop:
         if not self._depth:
             self._owner = None
 
-    def _dispatch(self, events: Any) -> None:
+    def _dispatch(self, events: Any, now: float) -> None:
         _events.dispatching += 1
         try:
-            self._dispatch_events(events)
+            self._dispatch_events(events, now)
         finally:
             _events.dispatching -= 1
 
-    def _dispatch_events(self, events: Any) -> None:
+    def _dispatch_events(self, events: Any, now: float) -> None:
         """Hand each ready fd's events to its channel.  The hot path: per
         event two dict lookups and one call (two for anything but READ).
 
@@ -436,7 +445,6 @@ class Loop:
         map = self.map
         map_get: Callable[[Any], Any] = map.get
         watches = self._idle.watches
-        now = self.timers.clock() if watches else 0.0
         handler_failed = self._errors.handler_failed
         for fd, mask in events:
             try:
@@ -548,17 +556,16 @@ class Loop:
                 channel, event_names(wanted), event_names(have))
         return len(found)
 
-    def _audit_when_idle(self) -> None:
-        now = self.timers.clock()
+    def _audit_when_idle(self, now: float) -> None:
         if now >= self._next_audit:
             self._next_audit = now + AUDIT_INTERVAL
             self.audit()
 
     # -- timers and callbacks ---------------------------------------------------------
 
-    def _run_timers(self) -> None:
+    def _run_timers(self, now: float) -> None:
         run = self._errors.run_callback
-        for handle in self.timers.pop_due():
+        for handle in self.timers.pop_due(now):
             if not handle.cancelled:
                 run(handle._callback, handle._args)
 

@@ -74,6 +74,12 @@ class TimerQueue:
         """Live (not cancelled) timers."""
         return len(self._heap) - self._cancelled
 
+    @property
+    def scheduled(self) -> int:
+        """How many calls were ever scheduled here (a counter: compare two
+        readings to know whether something was scheduled in between)."""
+        return self._seq
+
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         """Schedule ``callback(*args)`` at ``when`` (on :attr:`clock`'s scale).
 
@@ -127,12 +133,14 @@ class TimerQueue:
         wait = max(deadline - self.clock(), 0.0)
         return wait if limit is None or wait < limit else limit
 
-    def pop_due(self) -> List[TimerHandle]:
-        """Remove and return the handles due now, in order.  O(k log n)."""
+    def pop_due(self, now: Optional[float] = None) -> List[TimerHandle]:
+        """Remove and return the handles due at ``now`` (default: the
+        clock's now), in order.  O(k log n)."""
         heap = self._heap
         if not heap:
             return []
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         due = []
         while heap and heap[0].when <= now:
             handle = heapq.heappop(heap)
