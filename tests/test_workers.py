@@ -307,7 +307,7 @@ def test_a_program_that_crashes_at_start_makes_the_master_give_up(start):
     status = master.proc.wait(WAIT)
     log = master.log()
     assert status == workers.EXIT_GAVE_UP, log
-    assert "RuntimeError: this program crashes at start" in log
+    assert "RuntimeError: this program crashes at start" in log, log
     assert "every worker died at start" in log
     # It gave up instead of restarting in a loop: at most one retry per slot.
     assert len(re.findall(r"worker \d+ started", log)) <= 4, log
