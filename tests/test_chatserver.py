@@ -232,3 +232,11 @@ def test_runs_on_a_loop_the_caller_owns():
     assert not loop.closed  # not the server's to close
     assert not loop.map
     loop.close()
+
+
+def test_request_shutdown_after_the_server_stopped_is_a_no_op(backend_name):
+    server = ChatServer("127.0.0.1", 0, backend=backend_name)
+    server.request_shutdown()
+    server.serve_forever(grace=0.5)  # runs the shutdown, closes its loop
+    assert server.loop.closed
+    server.request_shutdown()  # from a late caller (a test's teardown): nothing happens

@@ -441,5 +441,10 @@ class ChatServer(asyncore.dispatcher):
         self.loop.stop()
 
     def request_shutdown(self) -> None:
-        """:meth:`shutdown`, from any thread."""
-        self.loop.call_soon_threadsafe(self.shutdown)
+        """:meth:`shutdown`, from any thread; a no-op once the server has
+        stopped (its loop closed)."""
+        try:
+            self.loop.call_soon_threadsafe(self.shutdown)
+        except RuntimeError:
+            if not self.loop.closed:
+                raise  # not the race with a stop that has just finished
