@@ -135,10 +135,11 @@ def test_out_buffer_added_to_in_handle_read_is_sent(impl: Any) -> None:
     b.close()
 
 
-@pytest.mark.parametrize("how", ["append", "appendleft", "extend", "iadd", "insert",
-                                 "assign_deque", "assign_list_of_one"])
-def test_producer_fifo_written_in_found_terminator_is_sent(impl: Any, how: str) -> None:
-    class Chat(impl.asynchat.async_chat):
+def line_server(impl: Any, on_line: Callable[[Any, bytes], None]) -> Any:
+    """A legacy line server on ``impl``'s asynchat: ``on_line(channel,
+    line)`` for each line received."""
+
+    class LineChat(impl.asynchat.async_chat):  # type: ignore[name-defined,misc]
         def __init__(self, sock: socket.socket, map: dict) -> None:
             super().__init__(sock, map=map)
             self.set_terminator(b"\n")
@@ -148,58 +149,58 @@ def test_producer_fifo_written_in_found_terminator_is_sent(impl: Any, how: str) 
             self.buf.append(data)
 
         def found_terminator(self) -> None:
-            line = b"".join(self.buf) + b"!\n"
+            line = b"".join(self.buf)
             self.buf = []
-            fifo = self.producer_fifo
-            if how == "append":
-                fifo.append(line)
-            elif how == "appendleft":
-                fifo.appendleft(line)
-            elif how == "extend":
-                fifo.extend([line])
-            elif how == "iadd":
-                fifo += [line]
-                self.producer_fifo = fifo  # (what `self.producer_fifo += ...` does)
-            elif how == "insert":
-                fifo.insert(0, line)
-            elif how == "assign_deque":
-                self.producer_fifo = collections.deque([line])
-            else:
-                self.producer_fifo = collections.deque()
-                self.producer_fifo.append(line)  # a container the library did not make
+            on_line(self, line)
 
+    return LineChat
+
+
+def exchange(impl: Any, server: Any, request: bytes, want: int) -> bytes:
+    """Serve one connection of ``server`` until ``want`` bytes came back."""
     a, b = pair()
     m: dict = {}
-    Chat(a, m)
-    arrived = reply_to(b, b"hello\n", 7)
+    server(a, m)
+    arrived = reply_to(b, request, want)
     serve(impl, m, arrived)
-    assert bytes(arrived.got) == b"hello!\n"
     impl.asyncore.close_all(m)
     b.close()
+    return bytes(arrived.got)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("how", ["append", "appendleft", "extend", "iadd", "insert",
+                                 "assign_deque", "assign_list_of_one"])
+def test_producer_fifo_written_in_found_terminator_is_sent(impl: Any, how: str) -> None:
+    def on_line(chat: Any, line: bytes) -> None:
+        reply = line + b"!\n"
+        fifo = chat.producer_fifo
+        if how == "append":
+            fifo.append(reply)
+        elif how == "appendleft":
+            fifo.appendleft(reply)
+        elif how == "extend":
+            fifo.extend([reply])
+        elif how == "iadd":
+            fifo += [reply]
+            chat.producer_fifo = fifo  # (what `self.producer_fifo += ...` does)
+        elif how == "insert":
+            fifo.insert(0, reply)
+        elif how == "assign_deque":
+            chat.producer_fifo = collections.deque([reply])
+        else:
+            chat.producer_fifo = collections.deque()
+            chat.producer_fifo.append(reply)  # a container the library did not make
+
+    assert exchange(impl, line_server(impl, on_line), b"hello\n", 7) == b"hello!\n"
 
 
 def test_push_then_direct_append_keep_their_order(impl: Any) -> None:
-    class Chat(impl.asynchat.async_chat):
-        def __init__(self, sock: socket.socket, map: dict) -> None:
-            super().__init__(sock, map=map)
-            self.set_terminator(b"\n")
+    def on_line(chat: Any, line: bytes) -> None:
+        chat.push(b"1")
+        chat.producer_fifo.append(b"2")
+        chat.push(b"3")
 
-        def collect_incoming_data(self, data: bytes) -> None:
-            pass
-
-        def found_terminator(self) -> None:
-            self.push(b"1")
-            self.producer_fifo.append(b"2")
-            self.push(b"3")
-
-    a, b = pair()
-    m: dict = {}
-    Chat(a, m)
-    arrived = reply_to(b, b"x\ny\n", 6)
-    serve(impl, m, arrived)
-    assert bytes(arrived.got) == b"123123"
-    impl.asyncore.close_all(m)
-    b.close()
+    assert exchange(impl, line_server(impl, on_line), b"x\ny\n", 6) == b"123123"
 
 
 def test_accepting_set_directly_on_an_inherited_listener(impl: Any) -> None:

@@ -36,6 +36,7 @@ from .backends import PRI, READ, WRITE
 from .channel import dispatcher, dispatcher_with_send
 from .chat import async_chat
 from .dispatch import DISCONNECTED, REraised
+from .timers import check_seconds
 from .tls import _peer_name, describe_error
 from .tlsengine import (
     ESTABLISHED,
@@ -61,16 +62,6 @@ CLOSED = "closed"
 _NO_RENEGOTIATION = getattr(ssl, "OP_NO_RENEGOTIATION", 0)
 
 
-def _check_timeout(name: str, value: Optional[float]) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, not {value!r}")
-    if not value > 0:
-        raise ValueError(f"{name} must be positive (or None for no limit), not {value!r}")
-    return float(value)
-
-
 def start_tls(channel: Any, context: ssl.SSLContext, *, server_side: bool,
               server_hostname: Optional[str], session: Optional[ssl.SSLSession],
               handshake_timeout: Optional[float], shutdown_timeout: Optional[float],
@@ -78,8 +69,8 @@ def start_tls(channel: Any, context: ssl.SSLContext, *, server_side: bool,
     """:meth:`pollchat.tls.TLSChannelMixin.start_tls` (see there)."""
     if not isinstance(context, ssl.SSLContext):
         raise TypeError(f"start_tls() needs an ssl.SSLContext, not {type(context).__name__}")
-    handshake_timeout = _check_timeout("handshake_timeout", handshake_timeout)
-    shutdown_timeout = _check_timeout("shutdown_timeout", shutdown_timeout)
+    handshake_timeout = check_seconds("handshake_timeout", handshake_timeout)
+    shutdown_timeout = check_seconds("shutdown_timeout", shutdown_timeout)
     sock = channel.socket
     if sock is None or channel._fileno is None:
         raise ValueError(f"{channel!r} has no open socket: create or accept it first")

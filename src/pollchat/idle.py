@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
-from .timers import TimerHandle, TimerQueue
+from .timers import TimerHandle, TimerQueue, check_seconds
 
 __all__ = ["IdleTimeouts", "check_timeout"]
 
@@ -24,13 +24,7 @@ def check_timeout(seconds: Any) -> Optional[float]:
         TypeError: not a number.
         ValueError: negative or NaN.
     """
-    if seconds is None or seconds == 0:
-        return None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"idle timeout must be a number of seconds or None, not {seconds!r}")
-    if not seconds > 0:
-        raise ValueError(f"idle timeout must be positive, not {seconds!r}")
-    return float(seconds)
+    return check_seconds("idle timeout", seconds, zero_means_none=True)
 
 
 class _Watch:

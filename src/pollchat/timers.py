@@ -12,7 +12,7 @@ import math
 import time
 from typing import Any, Callable, List, Optional, Tuple
 
-__all__ = ["TimerHandle", "TimerQueue"]
+__all__ = ["TimerHandle", "TimerQueue", "check_seconds"]
 
 # Rebuild the heap once this many cancelled handles are in it and they are
 # more than half of it: bounded memory without paying on every cancel().
@@ -21,6 +21,23 @@ _COMPACT_MIN = 64
 
 def _cancelled() -> None:
     """What a cancelled handle holds instead of its callback."""
+
+
+def check_seconds(what: str, value: Any, *, zero_means_none: bool = False) -> Optional[float]:
+    """A duration a program gave: a positive number of seconds, or ``None``
+    for none (and 0 as well, with ``zero_means_none``).
+
+    Raises:
+        TypeError: not a number (``what`` names the setting).
+        ValueError: zero, negative or NaN.
+    """
+    if value is None or (zero_means_none and value == 0 and not isinstance(value, bool)):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds or None, not {value!r}")
+    if not value > 0:
+        raise ValueError(f"{what} must be positive (or None for no limit), not {value!r}")
+    return float(value)
 
 
 class TimerHandle:
