@@ -14,6 +14,7 @@ inside it.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import socket
 
@@ -56,8 +57,22 @@ def libkqueue():
     return located
 
 
+@pytest.fixture(scope="session")
+def uvloop_started():
+    """libuv opens a process-wide pipe (for signals) the first time one of
+    its loops runs in the main thread, and keeps it for the life of the
+    process: run one at once, so that ``fd_leak_check`` does not count it
+    against the first uvloop test."""
+    if "uvloop" in NATIVE_BACKENDS:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+
+
 @pytest.fixture(params=BACKEND_PARAMS)
-def backend_variant(request, monkeypatch, libkqueue):
+def backend_variant(request, monkeypatch, libkqueue, uvloop_started):
     """``(name, how)``: a backend, and whether it runs ``"native"``, on a
     ``"standin"`` or on ``"libkqueue"`` (installed into :mod:`select` for the
     whole test)."""

@@ -8,6 +8,11 @@ Selection, in this order (see :func:`choose_backend`):
    select": the best backend other than ``select``;
 4. ``auto``: the best this platform has (:func:`pick_best`).
 
+``asyncio`` and ``uvloop`` (:mod:`pollchat.backends.aio`: an asyncio event
+loop as the poller) are chosen only by name, never by ``auto`` or
+``use_poll``: they exist to share a thread with asyncio code, not to poll
+faster.
+
 An unknown or unavailable name is an error naming the valid choices; there is
 no silent fallback except under ``auto``.
 
@@ -34,6 +39,8 @@ AUTO = "auto"
 
 #: Most scalable first: kernel-side registries, then the O(n) pollers.
 PREFERENCE = ("epoll", "kqueue", "devpoll", "poll", "select")
+#: Backends that are another event loop: chosen only by name.
+BY_NAME_ONLY = frozenset({"asyncio", "uvloop"})
 
 BackendFactory = Callable[[], Backend]
 
@@ -61,6 +68,22 @@ def _defined_later(class_name: str) -> BackendFactory:
     return factory
 
 
+def _event_loop_backend(class_name: str) -> BackendFactory:
+    # Imported when first made: importing asyncio costs every other program
+    # (and imports ssl).
+    def factory() -> Backend:
+        from . import aio
+
+        return getattr(aio, class_name)()  # type: ignore[no-any-return]
+    return factory
+
+
+def _uvloop_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("uvloop") is not None
+
+
 def _has(attribute: str) -> Callable[[], bool]:
     # Looked up at call time so that a stand-in patched into `select` counts.
     return lambda: hasattr(select, attribute)
@@ -76,6 +99,9 @@ _registry: Dict[str, _Entry] = {
     "poll": _Entry(_defined_later("PollBackend"), _has("poll"),
                    "select.poll is missing on this platform"),
     "select": _Entry(pollers.SelectBackend, lambda: True, ""),
+    "asyncio": _Entry(_event_loop_backend("AsyncioBackend"), lambda: True, ""),
+    "uvloop": _Entry(_event_loop_backend("UvloopBackend"), _uvloop_installed,
+                     "uvloop is not installed (pip install uvloop; not on Windows)"),
 }
 _lock = threading.Lock()
 _entry_points_loaded = False
@@ -166,7 +192,8 @@ def backend_status() -> List[BackendInfo]:
 
 def pick_best(available: Iterable[str]) -> str:
     """The best of ``available`` names: the first in :data:`PREFERENCE`,
-    else the first third-party one.  A pure function.
+    else the first third-party one (never one of :data:`BY_NAME_ONLY`).
+    A pure function.
 
     Raises:
         UnknownBackendError: ``available`` is empty.
@@ -175,6 +202,7 @@ def pick_best(available: Iterable[str]) -> str:
     for name in PREFERENCE:
         if name in names:
             return name
+    names = [name for name in names if name not in BY_NAME_ONLY]
     if names:
         return names[0]
     raise UnknownBackendError("no poller backend is available on this platform")
