@@ -44,11 +44,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import math
 import os
 import threading
 import time
-from typing import Callable, ClassVar, ContextManager, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, ClassVar, ContextManager, Dict, Iterator, List, Optional, Set, Tuple
 
 from ._base import _GONE_ERRNOS, ERR, READ, WRITE, Backend, BackendError, EventList
 from .pollers import is_file, ready_files
@@ -292,6 +293,7 @@ class AsyncioBackend(Backend):
                 loop.stop()
             elif timeout is not None:
                 timer = loop.call_later(_ceil_ms(timeout), self._time_up)
+            self._before_polling()
             with self._running():
                 loop.run_forever()
         finally:
@@ -303,6 +305,10 @@ class AsyncioBackend(Backend):
     def _running(self) -> ContextManager[None]:
         """Around each run of the event loop (see :class:`UvloopBackend`)."""
         return contextlib.nullcontext()
+
+    def _before_polling(self) -> None:
+        """Called before the event loop may poll again: after a driven pass,
+        and before each run (see :class:`UvloopBackend`)."""
 
     def _time_up(self) -> None:
         if self._waiting and not self._stop_sent:
@@ -383,10 +389,13 @@ class UvloopBackend(AsyncioBackend):
       readiness is therefore checked when it is collected: the watch is
       renewed (cheaply: uvloop only swaps the callback) or, if libuv dropped
       it, made again and ``ERR`` added to the events, as epoll reports it.
-    * It aborts the process when asked to change the watch of an fd that was
-      closed (or closed and reused) while watched: a change of direction
-      first checks that the fd is still the same open file, and otherwise
-      refuses it as the kernel would (``EBADF``).
+    * It aborts the process when the kernel refuses a change of watch it
+      makes lazily, at its next poll: the fd was closed (or closed and
+      reused) while watched.  A change of direction on a watched fd first
+      checks that the fd is still the same open file, and otherwise refuses
+      it as the kernel would (``EBADF``); and before the loop polls again,
+      the fds whose watch changed since are checked the same way, a closed
+      one dropped silently, as epoll drops it.
     * Each run of the loop in the main thread opens a socket pair; if that
       fails (the process is at its fd limit) uvloop stays "running" for
       ever, unusable (uvloop 0.23).  An owned loop keeps two fds in reserve
@@ -394,11 +403,15 @@ class UvloopBackend(AsyncioBackend):
     """
 
     name = "uvloop"
+    reports = READ | WRITE | ERR
+    limits = ("no priority data (PRI never reported); hang-up shows as READ/WRITE; "
+              "regular files always ready")
     _pass_in_callback = False
 
     def __init__(self, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
         super().__init__(loop)
         self._identity: Dict[int, Tuple[int, int]] = {}  # fd -> (st_dev, st_ino) when watched
+        self._unapplied: Set[int] = set()  # fds whose watch libuv changes at its next poll
         self._spare_fds: List[int] = []
         if self._owns_loop:
             self._keep_spare_fds()
@@ -471,15 +484,29 @@ class UvloopBackend(AsyncioBackend):
     def _kernel_modify(self, fd: int, old: int, new: int) -> None:
         if old:
             if _identity(fd) != self._identity.get(fd):
-                raise OSError(9, f"fd {fd} was closed (or closed and reused) while watched")
+                raise OSError(errno.EBADF,
+                              f"fd {fd} was closed (or closed and reused) while watched")
             super()._kernel_modify(fd, old, new)
-            return
-        super()._kernel_modify(fd, old, new)
-        self._identity[fd] = _identity(fd)
+        else:
+            super()._kernel_modify(fd, old, new)
+            self._identity[fd] = _identity(fd)
+        if (old ^ new) & (READ | WRITE):
+            self._unapplied.add(fd)
 
     def _kernel_unregister(self, fd: int, events: int) -> None:
         self._identity.pop(fd, None)
+        self._unapplied.discard(fd)
         super()._kernel_unregister(fd, events)
+
+    def _before_polling(self) -> None:
+        unapplied, self._unapplied = self._unapplied, set()
+        for fd in unapplied:
+            key = self._keys.get(fd)
+            if key is not None and fd not in self._files and _identity(fd) != self._identity[fd]:
+                # Closed behind our back since its watch changed: libuv would
+                # abort on the kernel's refusal.  Unwatched (the fd stays
+                # registered here, silent, as with epoll).
+                self._unwatch(fd, key.events)
 
 
 def _identity(fd: int) -> Tuple[int, int]:
@@ -545,6 +572,7 @@ class PassDriver:
             return
         try:
             self._run_pass()
+            self._backend._before_polling()
             done = self._finished()
         except Exception as exc:  # ExitNow, a failing handle_error(), a closed loop
             self._stop_passes()
@@ -608,6 +636,7 @@ class PassDriver:
         try:
             if asyncio._get_running_loop() is not None:
                 raise running_loop_error("the pollchat loop")
+            self._backend._before_polling()
             with self._backend._running():
                 self._aio.run_until_complete(self.future)
         finally:
