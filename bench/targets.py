@@ -81,6 +81,7 @@ class Target:
 #: What a target's ``source`` means, for the report.
 SOURCES = {
     "issue 12": "issue 12 (hot path)",
+    "issue 16": "issue 16 (asyncio and uvloop as backends)",
     "earlier": "the first benchmark issue",
     "bench": "the bench's own threshold",
     "context": "for comparison",
@@ -125,6 +126,17 @@ TARGETS: Tuple[Target, ...] = (
     Target("in-buffer-flat", "No regression: 20-byte lines flat across ac_in_buffer_size "
            "(4 KiB vs 1 MiB within 15%)", "lines", (stream(20, in_buffer=4096), "pollchat"),
            (stream(20, in_buffer=1 << 20), "pollchat"), "within", 0.85),
+    # -- issue 16: the event loops as backends ---------------------------------------
+    *(target
+      for name in ("asyncio", "uvloop")
+      for target in (
+          Target(f"idle-scaling-{name}", f"pollchat on {name}: rate at the most idle "
+                 "connections >= 90% of the rate at 0", "idle", (last, f"pollchat-{name}"),
+                 (first, f"pollchat-{name}"), ">=", 0.90, source="issue 16"),
+          Target(f"pingpong-cpu-{name}", f"pollchat on {name}: busy ping-pong (100 "
+                 "connections) server CPU per round trip <= 1.2x on epoll", "concurrency",
+                 (first, f"pollchat-{name}"), (first, "pollchat-epoll"), "<=", 1.2, metric=US,
+                 source="issue 16"))),
     # -- earlier targets and context ---------------------------------------------
     Target("concurrency-stdlib", "Concurrency: round trips/s at least stdlib asyncore's "
            "(select)", "concurrency", (first, "pollchat"), (first, "stdlib-select"), ">=",

@@ -19,7 +19,7 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional, Set
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,8 +57,15 @@ def assemble(src: Path, dest: Path) -> None:
     package = dest / "pollchat"
     shutil.rmtree(dest, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(core, package, ignore=ignore)
     backends = src / "backends"
+
+    def ignore_in_core(directory: str, names: List[str]) -> Set[str]:
+        skipped = set(ignore(directory, names))
+        if Path(directory) == core and (core / "backends").is_symlink():
+            skipped.add("backends")  # the type checkers' link to src/backends, copied below
+        return skipped
+
+    shutil.copytree(core, package, ignore=ignore_in_core)
     if backends.is_dir():
         if (package / "backends").exists():
             raise TreeError(f"{src} has both src/backends and src/pollchat/backends")

@@ -23,6 +23,7 @@ any callable returning a :class:`~pollchat.backends.Backend`).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import select
@@ -68,13 +69,12 @@ def _defined_later(class_name: str) -> BackendFactory:
     return factory
 
 
-def _event_loop_backend(class_name: str) -> BackendFactory:
+def _event_loop_backend(module_name: str, class_name: str) -> BackendFactory:
     # Imported when first made: importing asyncio costs every other program
     # (and imports ssl).
     def factory() -> Backend:
-        from . import aio
-
-        return getattr(aio, class_name)()  # type: ignore[no-any-return]
+        module = importlib.import_module(f"{__package__}.{module_name}")
+        return getattr(module, class_name)()  # type: ignore[no-any-return]
     return factory
 
 
@@ -99,8 +99,8 @@ _registry: Dict[str, _Entry] = {
     "poll": _Entry(_defined_later("PollBackend"), _has("poll"),
                    "select.poll is missing on this platform"),
     "select": _Entry(pollers.SelectBackend, lambda: True, ""),
-    "asyncio": _Entry(_event_loop_backend("AsyncioBackend"), lambda: True, ""),
-    "uvloop": _Entry(_event_loop_backend("UvloopBackend"), _uvloop_installed,
+    "asyncio": _Entry(_event_loop_backend("aio", "AsyncioBackend"), lambda: True, ""),
+    "uvloop": _Entry(_event_loop_backend("aio_uvloop", "UvloopBackend"), _uvloop_installed,
                      "uvloop is not installed (pip install uvloop; not on Windows)"),
 }
 _lock = threading.Lock()
