@@ -439,6 +439,8 @@ def test_serve_returns_at_once_for_an_empty_map(flavour):
 
 
 def test_asyncore_loop_inside_a_running_event_loop_says_to_use_serve(flavour, channel_map):
+    pollchat.Loop("poll", channel_map)  # a backend of its own (an event loop's: below)
+
     async def main():
         Listener(channel_map)
         with pytest.raises(RuntimeError, match=r"pollchat\.aio\.serve"):

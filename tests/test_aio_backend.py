@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import struct
@@ -84,7 +85,8 @@ def test_uvloop_missing_is_explained(monkeypatch):
 def test_listed_by_the_cli():
     done = subprocess.run([sys.executable, "-m", "pollchat", "backends"], capture_output=True,
                           text=True, timeout=60, check=True)
-    assert "asyncio" in done.stdout and "uvloop" in done.stdout
+    assert re.search(r"^asyncio +yes +READ\|WRITE$", done.stdout, re.M), done.stdout
+    assert re.search(r"^uvloop +(yes +READ\|WRITE\|ERR|no +\?)$", done.stdout, re.M)
 
 
 def test_importing_pollchat_does_not_import_asyncio():

@@ -69,13 +69,22 @@ def _defined_later(class_name: str) -> BackendFactory:
     return factory
 
 
-def _event_loop_backend(module_name: str, class_name: str) -> BackendFactory:
-    # Imported when first made: importing asyncio costs every other program
-    # (and imports ssl).
-    def factory() -> Backend:
-        module = importlib.import_module(f"{__package__}.{module_name}")
-        return getattr(module, class_name)()  # type: ignore[no-any-return]
-    return factory
+class _ImportedWhenMade:
+    """The factory of a backend whose module is imported only when one is
+    made (or :attr:`backend_class` is asked for): importing asyncio costs
+    every other program, and imports ssl."""
+
+    def __init__(self, module_name: str, class_name: str) -> None:
+        self._module_name = module_name
+        self._class_name = class_name
+
+    @property
+    def backend_class(self) -> Callable[[], Backend]:
+        module = importlib.import_module(f"{__package__}.{self._module_name}")
+        return getattr(module, self._class_name)  # type: ignore[no-any-return]
+
+    def __call__(self) -> Backend:
+        return self.backend_class()
 
 
 def _uvloop_installed() -> bool:
@@ -99,8 +108,8 @@ _registry: Dict[str, _Entry] = {
     "poll": _Entry(_defined_later("PollBackend"), _has("poll"),
                    "select.poll is missing on this platform"),
     "select": _Entry(pollers.SelectBackend, lambda: True, ""),
-    "asyncio": _Entry(_event_loop_backend("aio", "AsyncioBackend"), lambda: True, ""),
-    "uvloop": _Entry(_event_loop_backend("aio_uvloop", "UvloopBackend"), _uvloop_installed,
+    "asyncio": _Entry(_ImportedWhenMade("aio", "AsyncioBackend"), lambda: True, ""),
+    "uvloop": _Entry(_ImportedWhenMade("aio_uvloop", "UvloopBackend"), _uvloop_installed,
                      "uvloop is not installed (pip install uvloop; not on Windows)"),
 }
 _lock = threading.Lock()

@@ -498,7 +498,8 @@ def _interrupted(real_cli: bool) -> int:
 def _backend_class(name: str, available: bool) -> Any:
     cls = getattr(_backends.pollers, f"{name.capitalize()}Backend", None)
     if cls is None and available:
-        cls = _backends.get_backend(name)
+        factory = _backends.get_backend(name)
+        cls = getattr(factory, "backend_class", factory)  # a factory may name its class
     return cls if isinstance(cls, type) else None
 
 
