@@ -276,7 +276,8 @@ def _fd_cap_warning(backend: str, soft_limit: Optional[int], who: str,
     if max_fd is None or (soft_limit is not None and soft_limit <= max_fd + 1):
         return None
     uncapped = [name for name in _backends.available_backends()
-                if getattr(_backend_class(name, True), "max_fd", None) is None]
+                if name not in _backends.BY_NAME_ONLY  # event loops: not a cure for this
+                and getattr(_backend_class(name, True), "max_fd", None) is None]
     hint = (f"--backend {' or '.join(uncapped)} has no such cap" if uncapped
             else "no backend without that cap is available here")
     about = max(max_fd + 1 - _fds_in_use(), 0)
