@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import socket
 
 import kqueue_libkqueue
@@ -26,16 +27,28 @@ import standins
 
 from pollchat import backends
 
+#: ``POLLCHAT_TEST_BACKENDS=asyncio`` (comma-separated names): the
+#: backend-parametrized tests run on those backends only.  For a tox env that
+#: tests its ``POLLCHAT_BACKEND`` end to end (py311-asyncio...), when the
+#: plain envs already run every backend.
+_ONLY = {name.strip() for name in os.environ.get("POLLCHAT_TEST_BACKENDS", "").split(",")
+         if name.strip()}
+
+
+def _chosen(names):
+    return tuple(name for name in names if not _ONLY or name in _ONLY)
+
+
 #: Backends this machine has, decided once at collection.
-NATIVE_BACKENDS = tuple(backends.available_backends())
+NATIVE_BACKENDS = _chosen(backends.available_backends())
 #: Backends tested through a stand-in here.
-STANDIN_BACKENDS = tuple(
+STANDIN_BACKENDS = _chosen(
     name for name, usable in (("kqueue", standins.KQUEUE_STANDIN_USABLE),
                               ("devpoll", standins.DEVPOLL_STANDIN_USABLE))
-    if usable and name not in NATIVE_BACKENDS)
+    if usable and name not in backends.available_backends())
 
 #: kqueue on libkqueue, where kqueue is not native (libkqueue is built for Linux).
-LIBKQUEUE_BACKENDS = ("kqueue",) if "kqueue" not in NATIVE_BACKENDS else ()
+LIBKQUEUE_BACKENDS = _chosen(("kqueue",) if "kqueue" not in NATIVE_BACKENDS else ())
 
 # Each param is (backend name, how it runs here); the test id says both.
 BACKEND_PARAMS = [pytest.param((name, "native"), id=name) for name in NATIVE_BACKENDS] + [

@@ -370,3 +370,45 @@ def test_uvloop_reports_err_where_libuv_stopped_watching(uvloop_started):
         backend.close()
         for s in (tcp, listener):
             s.close()
+
+
+def test_use_backend_moves_the_channels_and_keeps_the_rest(name):
+    """Loop.use_backend(), which serve() moves a map's loop with: the
+    channels are watched by the new backend only, timers and paused reading
+    stay, and a pass cannot be interrupted by it."""
+    loop = pollchat.Loop(name)
+    a, b = socket.socketpair()
+    got, fired = [], []
+
+    class Reader(asyncore.dispatcher):
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            got.append(self.recv(10))
+            with pytest.raises(RuntimeError, match="running a pass"):
+                loop.use_backend("poll")
+
+    try:
+        reader = Reader(a, map=loop.map)
+        loop.call_later(0.05, fired.append, True)
+        loop.run_once(0)
+        old = loop.backend
+        reader.pause_reading()
+        loop.use_backend("poll")
+        assert loop.backend.name == "poll" and old.get_map() is None  # closed
+        b.send(b"x")
+        loop.run_once(0.1)
+        assert got == []  # still paused
+        reader.resume_reading()
+        run_until(loop, lambda: got and fired)
+        loop.use_backend(name)  # and back to an event loop
+        b.send(b"y")
+        run_until(loop, lambda: len(got) == 2)
+        assert got == [b"x", b"y"]
+    finally:
+        asyncore.close_all(loop.map)
+        loop.close()
+        b.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.use_backend("poll")

@@ -1,6 +1,6 @@
 """asyncio and uvloop as backends: an asyncio event loop is the poller.
 
-:class:`AsyncioBackend` (``"asyncio"``) and :class:`UvloopBackend`
+:class:`AsyncioBackend` (``"asyncio"``) and :class:`~.aio_uvloop.UvloopBackend`
 (``"uvloop"``) watch fds with the event loop's ``add_reader()`` and
 ``add_writer()``.  Like every backend they know nothing of channels; what
 they add to the contract is that the "kernel" is another event loop, which
@@ -28,16 +28,19 @@ Two ways to run:
   more than the pass (uvloop sets its signal handling up on every run), and
   inside ``serve()`` pollchat cannot run the loop at all.
 
-Why a readiness callback runs its pass at once, instead of recording and
-scheduling one pass for the batch: asyncio's selector loop runs a callback
-scheduled now only after its next ``select()``, which still reports every fd
-whose data the pass has not read yet; their callbacks would then run *after*
-the pass and record readiness that the pass had just consumed, and the next
-pass would hand a channel a read that blocks.  Run at once, each callback's
-pass takes what that callback saw, before anything could consume it.  A
-pass that is not a readiness callback's (a timer, a wake-up) is scheduled
-with ``call_later(0)``, which asyncio runs after the readiness callbacks of
-the same iteration, never between a ``select()`` and them.
+Where a driven pass runs matters.  asyncio's selector loop runs what
+``call_soon()`` scheduled only after its next ``select()``, which still
+reports every fd whose data no pass has read yet: a pass scheduled that way
+would be followed by readiness callbacks recording what it had just
+consumed, and the next pass would hand a channel a read that blocks.  So a
+readiness callback runs its pass at once (it takes only what no pass can
+have consumed), or, when the event loop has more callbacks queued anyway,
+schedules one pass for the batch with ``call_later(0)``, which asyncio runs
+after the readiness callbacks of the same iteration, never between a
+``select()`` and them; passes for other reasons (timers, wake-ups) are
+scheduled that way too.  libuv runs ``call_soon()`` callbacks before it
+polls again, so uvloop's readiness schedules one pass per poll with it.
+docs/design.md has the whole argument, and the test that fails otherwise.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from typing import Callable, ClassVar, ContextManager, Dict, List, Optional
 
 from ._base import _GONE_ERRNOS, READ, WRITE, Backend, EventList
 from .aio_driver import (
-    _MAX_WAIT,
+    MAX_WAIT,
     EventLoopError,
     PassDriver,
     ceil_ms,
@@ -79,6 +82,8 @@ class AsyncioBackend(Backend):
 
     name = "asyncio"
     reports = READ | WRITE
+    limits = ("no priority data (PRI never reported); hang-up and error show as READ/WRITE; "
+              "regular files always ready")
     #: Whether the event loop polls again before it runs the callbacks
     #: scheduled with call_soon() (asyncio's selector loop does; libuv does
     #: not).  Then a readiness callback runs its pass at once, and a pass
@@ -86,8 +91,6 @@ class AsyncioBackend(Backend):
     #: docstring.  Otherwise one pass runs for a whole poll, scheduled with
     #: call_soon().
     _selects_first = True
-    limits = ("no priority data (PRI never reported); hang-up and error show as READ/WRITE; "
-              "regular files always ready")
 
     #: Event loops left behind in a forked child (see :meth:`close`).
     _orphans: ClassVar[List[object]] = []
@@ -257,7 +260,7 @@ class AsyncioBackend(Backend):
         if timeout is None or timeout == math.inf:
             self._run_until_stopped(None)
             return
-        deadline = time.monotonic() + min(timeout, _MAX_WAIT)
+        deadline = time.monotonic() + min(timeout, MAX_WAIT)
         while True:
             timed_out = self._run_until_stopped(deadline - time.monotonic())
             # libuv measures timers from the time it cached at the start of

@@ -19,10 +19,11 @@ from ._base import BackendError
 if TYPE_CHECKING:
     from .aio import AsyncioBackend
 
-__all__ = ["EventLoopError", "PassDriver", "ceil_ms", "check_event_loop", "running_loop_error"]
+__all__ = ["MAX_WAIT", "EventLoopError", "PassDriver", "ceil_ms", "check_event_loop",
+           "running_loop_error"]
 
-# The longest single wait handed to the event loop, as for the kernel pollers.
-_MAX_WAIT = 2_000_000.0
+#: The longest single wait handed to the event loop, as for the kernel pollers.
+MAX_WAIT = 2_000_000.0
 
 
 class EventLoopError(BackendError, RuntimeError):
@@ -51,22 +52,23 @@ def running_loop_error(what: str) -> EventLoopError:
 
 
 def ceil_ms(seconds: float) -> float:
-    # Whole milliseconds, rounded up: uvloop's timers round to the nearest
-    # millisecond and would fire before the deadline otherwise.
-    return math.ceil(min(max(seconds, 0.0), _MAX_WAIT) * 1e3) / 1e3
-
+    """``seconds`` as a delay for the event loop: at most :data:`MAX_WAIT`,
+    rounded up to whole milliseconds (uvloop's timers round to the nearest
+    one, and would fire before the deadline)."""
+    return math.ceil(min(max(seconds, 0.0), MAX_WAIT) * 1e3) / 1e3
 
 
 class PassDriver:
     """Runs a pollchat loop's passes from an asyncio event loop's callbacks.
 
-    A pass runs when a watched fd is ready (in the readiness callback
-    itself), when ``next_deadline()`` (the earliest pollchat timer, on
-    ``clock``) is due, when :meth:`schedule` was called (the backend's
-    :meth:`~AsyncioBackend.wakeup`, or a thread-safe wake-up, which arrives
-    as a readiness), and at least every ``max_wait`` seconds (``None``:
-    never), until ``finished()`` says so after a pass.  One asyncio timer
-    handle is kept, for the earliest of those deadlines.
+    A pass runs when a watched fd is ready (in the readiness callback, or
+    one for a batch: :meth:`ready_in_selector_loop`), when
+    ``next_deadline()`` (the earliest pollchat timer, on ``clock``) is due,
+    when :meth:`schedule` was called (the backend's
+    :meth:`~AsyncioBackend.wakeup`; a thread-safe wake-up arrives as a
+    readiness), and at least every ``max_wait`` seconds (``None``: never),
+    until ``finished()`` says so after a pass.  One asyncio timer handle is
+    kept, for the earliest of those deadlines.
 
     :attr:`future` is then done: ``None``, or the exception a pass raised
     (``ExitNow``, or whatever left a failing ``handle_error()``).
@@ -107,6 +109,9 @@ class PassDriver:
     def pass_now(self) -> None:
         """Run one pass now, then finish or arm the timer."""
         if not self.active:
+            return
+        if self.future.done():  # cancelled: the caller stopped waiting
+            self._stop_passes()
             return
         try:
             self._run_pass()
