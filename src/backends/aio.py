@@ -32,14 +32,13 @@ Where a driven pass runs matters.  asyncio's selector loop runs what
 ``call_soon()`` scheduled only after its next ``select()``, which still
 reports every fd whose data no pass has read yet: a pass scheduled that way
 would be followed by readiness callbacks recording what it had just
-consumed, and the next pass would hand a channel a read that blocks.  So a
-readiness callback runs its pass at once (it takes only what no pass can
-have consumed), or, when the event loop has more callbacks queued anyway,
-schedules one pass for the batch with ``call_later(0)``, which asyncio runs
+consumed, and the next pass would hand a channel a read that blocks.  So
+the last readiness callback of an iteration runs the pass for all of them
+(:meth:`PassDriver.ready_in_selector_loop`), and passes for other reasons
+(timers, wake-ups) are scheduled with ``call_later(0)``, which asyncio runs
 after the readiness callbacks of the same iteration, never between a
-``select()`` and them; passes for other reasons (timers, wake-ups) are
-scheduled that way too.  libuv runs ``call_soon()`` callbacks before it
-polls again, so uvloop's readiness schedules one pass per poll with it.
+``select()`` and them.  libuv runs ``call_soon()`` callbacks before it polls
+again, so uvloop's readiness schedules one pass per poll with it.
 docs/design.md has the whole argument, and the test that fails otherwise.
 """
 

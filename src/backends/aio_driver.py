@@ -102,6 +102,7 @@ class PassDriver:
         self._timer_at = math.inf
         self._check_at = math.inf if max_wait is None else clock() + max_wait
         self._scheduled = False
+        self._scheduled_handle: Optional[asyncio.Handle] = None
         self.active = True  # passes still run
         self.closed = False
         self.schedule()  # the first pass registers the channels
@@ -133,32 +134,43 @@ class PassDriver:
                 self.schedule()  # a regular file is always ready: pass again
 
     def ready_in_selector_loop(self) -> None:
-        """A readiness callback's pass, on a loop that selects before it runs
-        what ``call_soon()`` schedules (asyncio's: see
-        :mod:`pollchat.backends.aio`).  While a scheduled pass is pending,
-        the readiness waits for it (it runs after the readiness callbacks of
-        the iteration, never between a select and them).  Otherwise the pass
-        runs now, unless more callbacks are queued already, so that the
-        event loop goes round again without waiting: then one scheduled pass
-        takes the whole batch (a busy server's, rather than one pass per
-        ready fd).  Either is safe; the choice only saves passes."""
-        if self._scheduled:
-            return
-        queued = self._queued
-        if queued:
+        """A readiness callback, on a loop that selects before it runs what
+        ``call_soon()`` schedules (asyncio's: see :mod:`pollchat.backends.aio`).
+
+        The last callback of the event loop's iteration runs the pass, for
+        the readiness all of them recorded: they come from one select, and
+        no pass has run since.  The loop's queue of callbacks tells which
+        is the last: it is empty then.  (It is asyncio's private
+        ``_ready``; without it every callback runs a pass, which is as
+        safe.)  An earlier one makes sure a pass follows, should the last
+        callback of the iteration be another kind: one scheduled with
+        ``call_later(0)``, which runs after the readiness callbacks of the
+        next iteration.  A pending scheduled pass is cancelled by the pass
+        that runs now, which does its work.
+        """
+        if self._queued:
             self.schedule()
-        else:
-            self.pass_now()
+            return
+        if self._scheduled:
+            self._unschedule()
+        self.pass_now()
 
     def schedule(self) -> None:
         """Run a pass soon (after the readiness callbacks of the event loop's
         next iteration).  Idempotent until that pass runs."""
         if not self._scheduled and self.active:
             self._scheduled = True
-            self._schedule_soon(self._scheduled_pass)
+            self._scheduled_handle = self._schedule_soon(self._scheduled_pass)
+
+    def _unschedule(self) -> None:
+        self._scheduled = False
+        if self._scheduled_handle is not None:
+            self._scheduled_handle.cancel()
+            self._scheduled_handle = None
 
     def _scheduled_pass(self) -> None:
         self._scheduled = False
+        self._scheduled_handle = None
         self.pass_now()
 
     def _arm(self) -> None:
