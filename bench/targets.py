@@ -85,6 +85,7 @@ SOURCES = {
     "issue 13": "issue 13 (smtpd)",
     "issue 14": "issue 14 (TLS)",
     "issue 15": "issue 15 (workers)",
+    "issue 16": "issue 16 (asyncio and uvloop as backends)",
     "earlier": "the first benchmark issue",
     "bench": "the bench's own threshold",
     "context": "for comparison",
@@ -147,6 +148,17 @@ TARGETS: Tuple[Target, ...] = (
            "(master + workers) >= 0.8x: a second worker adds no cost per round trip",
            "workers", (first, "pollchat-workers2"), (first, "pollchat-workers1"), ">=", 0.8,
            metric=PER_CPU, source="bench"),
+    # -- issue 16: the event loops as backends ---------------------------------------
+    *(target
+      for name in ("asyncio", "uvloop")
+      for target in (
+          Target(f"idle-scaling-{name}", f"pollchat on {name}: rate at the most idle "
+                 "connections >= 90% of the rate at 0", "idle", (last, f"pollchat-{name}"),
+                 (first, f"pollchat-{name}"), ">=", 0.90, source="issue 16"),
+          Target(f"pingpong-cpu-{name}", f"pollchat on {name}: busy ping-pong (100 "
+                 "connections) server CPU per round trip <= 1.2x on epoll", "concurrency",
+                 (first, f"pollchat-{name}"), (first, "pollchat-epoll"), "<=", 1.2, metric=US,
+                 source="issue 16"))),
     # -- earlier targets and context ---------------------------------------------
     Target("concurrency-stdlib", "Concurrency: round trips/s at least stdlib asyncore's "
            "(select)", "concurrency", (first, "pollchat"), (first, "stdlib-select"), ">=",

@@ -85,7 +85,8 @@ def test_register_non_file_object_is_type_error(backend, fileobj):
 #: What a backend reports for an fd closed while registered: NVAL (select
 #: finds it after EBADF, poll(2) and /dev/poll say POLLNVAL), or nothing
 #: (epoll and kqueue drop a closed fd silently).
-CLOSED_FD_REPORT = {"select": NVAL, "poll": NVAL, "devpoll": NVAL, "epoll": 0, "kqueue": 0}
+CLOSED_FD_REPORT = {"select": NVAL, "poll": NVAL, "devpoll": NVAL, "epoll": 0, "kqueue": 0,
+                    "asyncio": 0, "uvloop": 0}  # the event loops run on epoll here
 
 
 def test_fd_closed_behind_the_backends_back(backend, pair):
@@ -131,7 +132,7 @@ def test_register_closed_raw_fd(backend):
     fd = a.detach()
     os.close(fd)
     b.close()
-    if backend.name in ("epoll", "kqueue"):
+    if backend.name in ("epoll", "kqueue", "asyncio", "uvloop"):
         with pytest.raises(OSError) as info:
             backend.register(fd, READ)
         assert info.value.errno == errno.EBADF

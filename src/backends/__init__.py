@@ -38,6 +38,7 @@ from ._base import (
 from .pollers import FD_SETSIZE, DevpollBackend, KqueueBackend, SelectBackend
 from .registry import (
     AUTO,
+    BY_NAME_ONLY,
     ENTRY_POINT_GROUP,
     ENV_VAR,
     PREFERENCE,
@@ -58,7 +59,8 @@ from .registry import (
 )
 
 __all__ = [
-    "ALL_EVENTS", "AUTO", "CLOSE_EVENTS", "ENTRY_POINT_GROUP", "ENV_VAR", "ERR", "FD_SETSIZE",
+    "ALL_EVENTS", "AUTO", "BY_NAME_ONLY", "CLOSE_EVENTS", "ENTRY_POINT_GROUP", "ENV_VAR", "ERR",
+    "FD_SETSIZE",
     "HUP", "INTEREST", "NVAL", "PREFERENCE", "PRI", "READ", "WRITE",
     "AlreadyRegisteredError", "Backend", "BackendChoice", "BackendError", "BackendInfo",
     "BackendName",

@@ -136,6 +136,22 @@ def _is_closed(fd: int) -> bool:
     return False
 
 
+def is_file(fd: int) -> bool:
+    """Whether ``fd`` is a regular file or a directory: what epoll (and so
+    asyncio and libuv) refuse with ``EPERM``, and poll(2) reports always
+    ready.  Backends then report it ready on every poll themselves."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+
+
+def ready_files(files: Dict[int, int]) -> Dict[int, int]:
+    """Of ``files`` (fd -> events watched), the ones still open, each with
+    the ``READ``/``WRITE`` it watches: they are always ready.  A closed
+    file is dropped, as epoll drops a closed fd."""
+    return {fd: events & (READ | WRITE) for fd, events in files.items()
+            if events & (READ | WRITE) and not _is_closed(fd)}
+
+
 class _PollLikeBackend(Backend):
     """poll(2), epoll(7) and /dev/poll: a kernel object with
     register/modify/unregister/poll and poll-style flags.
@@ -218,8 +234,7 @@ if hasattr(select, "epoll"):
                 # EPERM: "The target file fd does not support epoll" (regular
                 # files, directories).  Twisted falls back the same way
                 # (_ContinuousPolling).
-                mode = os.fstat(fd).st_mode
-                if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+                if not is_file(fd):
                     raise
                 self._always_ready[fd] = events
 
@@ -239,9 +254,7 @@ if hasattr(select, "epoll"):
             if self._always_ready:
                 # A closed file would be "ready" forever: epoll itself drops
                 # closed fds, so drop them too.
-                live = {fd: events & (READ | WRITE)
-                        for fd, events in self._always_ready.items()
-                        if events & (READ | WRITE) and not _is_closed(fd)}
+                live = ready_files(self._always_ready)
                 if live:
                     wait = 0
             flags = self._FLAGS

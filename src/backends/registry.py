@@ -8,6 +8,11 @@ Selection, in this order (see :func:`choose_backend`):
    select": the best backend other than ``select``;
 4. ``auto``: the best this platform has (:func:`pick_best`).
 
+``asyncio`` and ``uvloop`` (:mod:`pollchat.backends.aio`: an asyncio event
+loop as the poller) are chosen only by name, never by ``auto`` or
+``use_poll``: they exist to share a thread with asyncio code, not to poll
+faster.
+
 An unknown or unavailable name is an error naming the valid choices; there is
 no silent fallback except under ``auto``.
 
@@ -18,6 +23,7 @@ any callable returning a :class:`~pollchat.backends.Backend`).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import select
@@ -45,6 +51,8 @@ AUTO = "auto"
 
 #: Most scalable first: kernel-side registries, then the O(n) pollers.
 PREFERENCE = ("epoll", "kqueue", "devpoll", "poll", "select")
+#: Backends that are another event loop: chosen only by name.
+BY_NAME_ONLY = frozenset({"asyncio", "uvloop"})
 
 #: The built-in names (and ``auto``).  Backends registered by others have
 #: names of their own, so the functions that take a name accept any ``str``;
@@ -78,6 +86,30 @@ def _defined_later(class_name: str) -> BackendFactory:
     return factory
 
 
+class _ImportedWhenMade:
+    """The factory of a backend whose module is imported only when one is
+    made (or :attr:`backend_class` is asked for): importing asyncio costs
+    every other program, and imports ssl."""
+
+    def __init__(self, module_name: str, class_name: str) -> None:
+        self._module_name = module_name
+        self._class_name = class_name
+
+    @property
+    def backend_class(self) -> Callable[[], Backend]:
+        module = importlib.import_module(f"{__package__}.{self._module_name}")
+        return getattr(module, self._class_name)  # type: ignore[no-any-return]
+
+    def __call__(self) -> Backend:
+        return self.backend_class()
+
+
+def _uvloop_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("uvloop") is not None
+
+
 def _has(attribute: str) -> Callable[[], bool]:
     # Looked up at call time so that a stand-in patched into `select` counts.
     return lambda: hasattr(select, attribute)
@@ -93,6 +125,9 @@ _registry: Dict[str, _Entry] = {
     "poll": _Entry(_defined_later("PollBackend"), _has("poll"),
                    "select.poll is missing on this platform"),
     "select": _Entry(pollers.SelectBackend, lambda: True, ""),
+    "asyncio": _Entry(_ImportedWhenMade("aio", "AsyncioBackend"), lambda: True, ""),
+    "uvloop": _Entry(_ImportedWhenMade("aio_uvloop", "UvloopBackend"), _uvloop_installed,
+                     "uvloop is not installed (pip install uvloop; not on Windows)"),
 }
 _lock = threading.Lock()
 _entry_points_loaded = False
@@ -183,7 +218,8 @@ def backend_status() -> List[BackendInfo]:
 
 def pick_best(available: Iterable[str]) -> str:
     """The best of ``available`` names: the first in :data:`PREFERENCE`,
-    else the first third-party one.  A pure function.
+    else the first third-party one (never one of :data:`BY_NAME_ONLY`).
+    A pure function.
 
     Raises:
         UnknownBackendError: ``available`` is empty.
@@ -192,6 +228,7 @@ def pick_best(available: Iterable[str]) -> str:
     for name in PREFERENCE:
         if name in names:
             return name
+    names = [name for name in names if name not in BY_NAME_ONLY]
     if names:
         return names[0]
     raise UnknownBackendError("no poller backend is available on this platform")

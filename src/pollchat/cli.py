@@ -264,7 +264,8 @@ def _fd_cap_warning(backend: str, soft_limit: Optional[int], who: str,
     if max_fd is None or (soft_limit is not None and soft_limit <= max_fd + 1):
         return None
     uncapped = [name for name in _backends.available_backends()
-                if getattr(_backend_class(name, True), "max_fd", None) is None]
+                if name not in _backends.BY_NAME_ONLY  # event loops: not a cure for this
+                and getattr(_backend_class(name, True), "max_fd", None) is None]
     hint = (f"--backend {' or '.join(uncapped)} has no such cap" if uncapped
             else "no backend without that cap is available here")
     about = max(max_fd + 1 - _fds_in_use(), 0)
@@ -362,7 +363,8 @@ def _run(ns: argparse.Namespace, program_args: List[str], real_cli: bool) -> int
 def _backend_class(name: str, available: bool) -> Any:
     cls = getattr(_backends.pollers, f"{name.capitalize()}Backend", None)
     if cls is None and available:
-        cls = _backends.get_backend(name)
+        factory = _backends.get_backend(name)
+        cls = getattr(factory, "backend_class", factory)  # a factory may name its class
     return cls if isinstance(cls, type) else None
 
 

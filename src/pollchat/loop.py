@@ -20,13 +20,23 @@ Channels talk to their loop through a few named calls, and nothing else:
 Invariant at dispatch: an event reaches a channel only if the map still holds
 that channel under the key it was registered with (the fd-reuse race,
 bpo-30931); see :mod:`pollchat.interest` for how removal and addition keep it.
+
+Hosted runs.  A backend that is another event loop (asyncio, uvloop: see
+:mod:`pollchat.backends.aio`) runs code of its own while it waits, and can
+run the passes itself.  Two optional backend methods say so: ``wakeup()``,
+which the loop calls whenever it is given work from outside a pass (that
+code added a channel, changed interest, queued a synthetic event or a
+timer), and ``drive()`` (:meth:`Loop.drive`), which :meth:`Loop.run`
+without a pass count and ``pollchat.aio.serve()`` use.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
+import sys
 import threading
 from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, Union
 
@@ -95,6 +105,13 @@ def get_loop(map: Optional[Dict[Any, Any]] = None, *,
         return found
 
 
+def _asyncio_loop_running() -> bool:
+    """Whether an asyncio event loop runs in this thread (asyncio itself is
+    never imported for the question)."""
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and asyncio._get_running_loop() is not None
+
+
 def _strict_from_env() -> Union[bool, str]:
     value = os.environ.get(STRICT_ENV_VAR, "").strip().lower()
     if value == "check":
@@ -144,6 +161,8 @@ class Loop:
             raise ValueError(f"strict must be True, False or 'check', not {strict!r}")
         self.map = map
         self.backend: Backend = make_backend(backend, use_poll=use_poll)
+        # The backend's wakeup(), if it is another event loop (hosted runs).
+        self._host_wakeup: Optional[Callable[[], None]] = getattr(self.backend, "wakeup", None)
         self.timers = TimerQueue()
         self._checking = strict == "check"
         self._errors = ErrorPolicy(isolate_errors, self.channel_removed)
@@ -207,6 +226,8 @@ class Loop:
         It is registered at the next pass.  O(1)."""
         self._interest.added(key)
         self._arm_idle_timeout(key, channel)
+        if self._host_wakeup is not None:
+            self._host_wakeup()
 
     def channel_removed(self, key: Any, channel: Any) -> None:
         """``channel`` left the map (``del_channel()``): it is unregistered
@@ -215,11 +236,15 @@ class Loop:
         self._idle.forget(key, channel)
         self._ready.pop(key, None)
         self._parked.pop(key, None)
+        if self._host_wakeup is not None:
+            self._host_wakeup()
 
     def interest_changed(self, key: Any) -> None:
         """The channel at ``key`` may now want other events: ask it again
         before the next poll.  O(1); thread-unsafe, like the channel itself."""
         self._dirty.add(key)
+        if self._host_wakeup is not None:
+            self._host_wakeup()
 
     def add_ready(self, key: Any, events: int) -> None:
         """Deliver ``events`` to the channel now at ``key`` at the next pass
@@ -239,6 +264,8 @@ class Loop:
         if queued is not None and queued[0] is channel:
             events |= queued[1]
         self._ready[key] = (channel, events)
+        if self._host_wakeup is not None:
+            self._host_wakeup()
 
     def set_idle_timeout(self, channel: Any, seconds: Optional[float]) -> None:
         """Run ``channel.handle_timeout()`` once no event reached it for
@@ -254,6 +281,8 @@ class Loop:
         if key is None or self.map.get(key) is not channel:
             raise ValueError(f"{channel!r} is not in this loop's map: add it first")
         self._idle.set(key, channel, seconds)
+        if self._host_wakeup is not None:
+            self._host_wakeup()
 
     def _arm_idle_timeout(self, key: Any, channel: Any) -> None:
         seconds = getattr(channel, "idle_timeout", None)
@@ -290,11 +319,17 @@ class Loop:
         Not thread-safe: from another thread use :meth:`call_soon_threadsafe`.
         Returns a handle whose ``cancel()`` stops the call.
         """
-        return self.timers.call_later(delay, callback, *args)
+        handle = self.timers.call_later(delay, callback, *args)
+        if self._host_wakeup is not None:
+            self._host_wakeup()
+        return handle
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         """Call ``callback(*args)`` at ``when`` on :meth:`time`'s clock."""
-        return self.timers.call_at(when, callback, *args)
+        handle = self.timers.call_at(when, callback, *args)
+        if self._host_wakeup is not None:
+            self._host_wakeup()
+        return handle
 
     def time(self) -> float:
         """The loop's clock (:func:`time.monotonic`)."""
@@ -339,8 +374,27 @@ class Loop:
         ``wait_for_timers=False``: it returns when its map is empty, as
         CPython's does.  ``timeout`` bounds each pass's wait (seconds; ``None``
         blocks until an event or timer).  ``sleep``: as for :meth:`run_once`.
+
+        Without ``count``, on a backend that is another event loop (asyncio,
+        uvloop), that loop runs the passes (:meth:`drive`) until then.
+
+        Raises:
+            RuntimeError: without ``count``, an asyncio event loop is running
+                in this thread (this call would block it: use
+                ``pollchat.aio.serve()``); and as for :meth:`run_once`.
         """
         self._stopping = False
+        if count is None:
+            if _asyncio_loop_running():
+                raise RuntimeError(
+                    "pollchat's loop (asyncore.loop()) cannot run inside the asyncio event loop "
+                    "running in this thread: it would block that loop until its channels are "
+                    "done. Serve them from the asyncio loop instead, with "
+                    "`await pollchat.aio.serve(map)`")
+            if getattr(self.backend, "drive", None) is not None:
+                if not self._run_finished(wait_for_timers):
+                    self.drive(timeout, wait_for_timers=wait_for_timers).run()
+                return
         remaining = count
         while not self._stopping and (remaining is None or remaining > 0):
             if not self.map and (not wait_for_timers or not (self.timers or self._callbacks)):
@@ -384,8 +438,11 @@ class Loop:
                 timeout = 0.0
             elif heap:
                 timeout = self.timers.timeout(timeout)
-            elif sleep is not None and len(self.backend.get_map()) == 1:
-                sleep(timeout)  # only the waker is registered: no channel wants anything
+            elif (sleep is not None and self._host_wakeup is None
+                  and len(self.backend.get_map()) == 1):
+                # Only the waker is registered: no channel wants anything.  (A
+                # backend that is an event loop must still run it, for its tasks.)
+                sleep(timeout)
                 return
             events = self.backend.poll(timeout)
             # One clock reading after the poll serves the idle watches, the
@@ -512,6 +569,76 @@ class Loop:
                 del parked[key]
                 self.add_ready(key, wanted)
 
+    # -- hosted runs: another event loop runs the passes (pollchat.aio) -------------
+
+    def drive(self, max_wait: Optional[float] = 30.0, *, wait_for_timers: bool = False) -> Any:
+        """Let the backend's own event loop run this loop's passes from its
+        callbacks, for a backend that is another event loop (asyncio, uvloop:
+        :meth:`pollchat.backends.aio.AsyncioBackend.drive`).
+
+        A pass then runs whenever a registered fd is ready, the earliest timer
+        is due, work is given from outside a pass (``wakeup()``), a
+        thread-safe callback is queued, or ``max_wait`` seconds passed (the
+        ``timeout`` of :meth:`run`; ``None``: never), until :meth:`run` would
+        stop: :meth:`stop` was called, or nothing is left to wait for (see
+        ``wait_for_timers`` there).  :meth:`run` uses it without a count,
+        ``pollchat.aio.serve()`` in a running asyncio loop.
+
+        Returns the backend's driver: its ``future`` is done then, and its
+        ``close()`` stops it early.
+
+        Raises:
+            RuntimeError: the backend cannot run passes itself, or is
+                already doing so.
+        """
+        drive = getattr(self.backend, "drive", None)
+        if drive is None:
+            raise RuntimeError(f"the {self.backend.name} backend cannot run passes itself; "
+                               "use run()")
+        self._stopping = False
+        return drive(functools.partial(self.run_once, 0.0), self.timers.next_deadline,
+                     functools.partial(self._run_finished, wait_for_timers), max_wait,
+                     self.timers.clock)
+
+    def _run_finished(self, wait_for_timers: bool) -> bool:
+        """What :meth:`run` stops on: :meth:`stop`, or nothing left to wait for."""
+        return self._stopping or (not self.map and (
+            not wait_for_timers or not (self.timers or self._callbacks)))
+
+    def use_backend(self, backend: Union[str, Backend, None]) -> None:
+        """Move the channels to another backend: a name, as for the
+        constructor (``None``: ``POLLCHAT_BACKEND``, else ``auto``), or an
+        instance to own.  The current backend is closed (its watches removed;
+        the channels' fds stay open) and every channel is registered again
+        before the next poll; timers, queued callbacks, paused reading and
+        idle timeouts stay.  O(map) at the next pass.
+        ``pollchat.aio.serve()`` uses it to bring a map's channels into the
+        running asyncio loop, and back.
+
+        Raises:
+            RuntimeError: the loop is closed, or running a pass.
+            UnknownBackendError: the name is unknown or unavailable.
+        """
+        if self._closed:
+            raise RuntimeError("the loop is closed")
+        if self._depth:
+            raise RuntimeError("the loop is running a pass: change its backend between runs")
+        if backend is self.backend:
+            return
+        old = self.backend
+        self._install_backend(make_backend(backend))
+        old.close()
+
+    def _install_backend(self, backend: Backend) -> None:
+        try:
+            backend.register(self._waker.fileno(), READ)
+        except BaseException:
+            backend.close()
+            raise
+        self.backend = backend
+        self._host_wakeup = getattr(backend, "wakeup", None)
+        self._interest.use_backend(backend)
+
     # -- errors reported to the loop -------------------------------------------------
 
     def _registration_refused(self, channel: Any, key: Any, exc: Exception) -> None:
@@ -586,10 +713,8 @@ class Loop:
         """
         name = self.backend.name
         self._release_kernel_objects()
-        self.backend = make_backend(name)
         self._waker = Waker()
-        self.backend.register(self._waker.fileno(), READ)
-        self._interest.use_backend(self.backend)
+        self._install_backend(make_backend(name))
         self._generation = _fork_generation
 
     def _release_kernel_objects(self) -> None:
