@@ -33,10 +33,8 @@ without a pass count and ``pollchat.aio.serve()`` use.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import os
-import sys
 import threading
 from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, Union
 
@@ -44,8 +42,10 @@ from . import dispatch as _events
 from . import maps
 from .backends import NVAL, READ, Backend, BackendName, event_names, make_backend
 from .dispatch import ErrorPolicy, REraised, run_handlers
+from .hosting import HostedRuns, asyncio_loop_running
 from .idle import IdleTimeouts, check_timeout
 from .interest import Interest, managed_interest
+from .ready import SyntheticEvents
 from .timers import TimerHandle, TimerQueue
 from .wakeup import Waker
 
@@ -105,13 +105,6 @@ def get_loop(map: Optional[Dict[Any, Any]] = None, *,
         return found
 
 
-def _asyncio_loop_running() -> bool:
-    """Whether an asyncio event loop runs in this thread (asyncio itself is
-    never imported for the question)."""
-    asyncio = sys.modules.get("asyncio")
-    return asyncio is not None and asyncio._get_running_loop() is not None
-
-
 def _strict_from_env() -> Union[bool, str]:
     value = os.environ.get(STRICT_ENV_VAR, "").strip().lower()
     if value == "check":
@@ -119,7 +112,7 @@ def _strict_from_env() -> Union[bool, str]:
     return value not in ("", "0", "false", "no", "off")
 
 
-class Loop:
+class Loop(HostedRuns):
     """An event loop over one channel map, on one backend.
 
     Args:
@@ -171,10 +164,7 @@ class Loop:
                                   predicate_failed=self._predicate_failed)
         self._dirty = self._interest.dirty  # the set interest_changed() adds to
         self._idle = IdleTimeouts(self.timers, map, self._idle_expired)
-        # Synthetic readiness (add_ready): key -> (channel, events) for the
-        # next pass, and those the channel's interest does not include now.
-        self._ready: Dict[Any, Tuple[Any, int]] = {}
-        self._parked: Dict[Any, Tuple[Any, int]] = {}
+        self._synthetic = SyntheticEvents()  # add_ready()
         self._callbacks: Deque[Tuple[Callable[..., Any], Tuple[Any, ...]]] = collections.deque()
         self._callbacks_lock = threading.Lock()
         self._owner: Optional[int] = None  # thread running the loop
@@ -234,8 +224,7 @@ class Loop:
         now, while its fd is still open.  O(1)."""
         self._interest.removed(key, channel)
         self._idle.forget(key, channel)
-        self._ready.pop(key, None)
-        self._parked.pop(key, None)
+        self._synthetic.forget(key)
         if self._host_wakeup is not None:
             self._host_wakeup()
 
@@ -260,10 +249,7 @@ class Loop:
         channel = self.map.get(key)
         if channel is None:
             return
-        queued = self._ready.get(key)
-        if queued is not None and queued[0] is channel:
-            events |= queued[1]
-        self._ready[key] = (channel, events)
+        self._synthetic.add(key, channel, events)
         if self._host_wakeup is not None:
             self._host_wakeup()
 
@@ -385,7 +371,7 @@ class Loop:
         """
         self._stopping = False
         if count is None:
-            if _asyncio_loop_running():
+            if asyncio_loop_running():
                 raise RuntimeError(
                     "pollchat's loop (asyncore.loop()) cannot run inside the asyncio event loop "
                     "running in this thread: it would block that loop until its channels are "
@@ -428,13 +414,13 @@ class Loop:
             if (self._dirty or interest.polled or interest.strict
                     or len(self.map) != interest.map_len):
                 synced = interest.sync()
-                if self._parked and synced:
-                    self._unpark(synced)
+                if self._synthetic.parked and synced:
+                    self._synthetic.unpark(synced, self.map, interest.registration)
             if self._checking:
                 self.audit()
             if not self.map and not heap and not self._callbacks:
                 return
-            if self._callbacks or self._ready:
+            if self._callbacks or self._synthetic.ready:
                 timeout = 0.0
             elif heap:
                 timeout = self.timers.timeout(timeout)
@@ -451,8 +437,8 @@ class Loop:
             # runs at the end of this pass, not after the next one's events).
             now = self.timers.clock() if heap or self._idle.watches or not events else 0.0
             scheduled = self.timers.scheduled
-            if self._ready:
-                events = self._merge_ready(events)
+            if self._synthetic.ready:
+                events = self._synthetic.merge(events, self.map, interest.registration)
             if events:
                 self._dispatch(events, now)
             elif not interest.strict and not self._checking and self.map:
@@ -534,110 +520,6 @@ class Loop:
                 raise
             except Exception as exc:
                 handler_failed(channel, exc, key, map)
-
-    def _merge_ready(self, events: Any) -> Any:
-        """Add the synthetic events (:meth:`add_ready`) the channels are
-        registered for to the kernel's; park the others."""
-        ready, self._ready = self._ready, {}
-        merged = dict(events)
-        registration = self._interest.registration
-        for key, (channel, wanted) in ready.items():
-            if self.map.get(key) is not channel:
-                continue  # closed, or replaced, since
-            reg = registration(key)
-            now = wanted & reg.events if reg is not None and reg.data is channel else 0
-            if wanted & ~now:
-                self._parked[key] = (channel, wanted & ~now)
-            if now:
-                merged[reg.fd] = merged.get(reg.fd, 0) | now
-        return list(merged.items())
-
-    def _unpark(self, keys: Any) -> None:
-        """Queue again the parked events of the ``keys`` just re-synced whose
-        interest now includes them."""
-        parked, registration = self._parked, self._interest.registration
-        for key in keys:
-            entry = parked.get(key)
-            if entry is None:
-                continue
-            channel, wanted = entry
-            if self.map.get(key) is not channel:
-                del parked[key]
-                continue
-            reg = registration(key)
-            if reg is not None and reg.data is channel and wanted & reg.events:
-                del parked[key]
-                self.add_ready(key, wanted)
-
-    # -- hosted runs: another event loop runs the passes (pollchat.aio) -------------
-
-    def drive(self, max_wait: Optional[float] = 30.0, *, wait_for_timers: bool = False) -> Any:
-        """Let the backend's own event loop run this loop's passes from its
-        callbacks, for a backend that is another event loop (asyncio, uvloop:
-        :meth:`pollchat.backends.aio.AsyncioBackend.drive`).
-
-        A pass then runs whenever a registered fd is ready, the earliest timer
-        is due, work is given from outside a pass (``wakeup()``), a
-        thread-safe callback is queued, or ``max_wait`` seconds passed (the
-        ``timeout`` of :meth:`run`; ``None``: never), until :meth:`run` would
-        stop: :meth:`stop` was called, or nothing is left to wait for (see
-        ``wait_for_timers`` there).  :meth:`run` uses it without a count,
-        ``pollchat.aio.serve()`` in a running asyncio loop.
-
-        Returns the backend's driver: its ``future`` is done then, and its
-        ``close()`` stops it early.
-
-        Raises:
-            RuntimeError: the backend cannot run passes itself, or is
-                already doing so.
-        """
-        drive = getattr(self.backend, "drive", None)
-        if drive is None:
-            raise RuntimeError(f"the {self.backend.name} backend cannot run passes itself; "
-                               "use run()")
-        self._stopping = False
-        return drive(functools.partial(self.run_once, 0.0), self.timers.next_deadline,
-                     functools.partial(self._run_finished, wait_for_timers), max_wait,
-                     self.timers.clock)
-
-    def _run_finished(self, wait_for_timers: bool) -> bool:
-        """What :meth:`run` stops on: :meth:`stop`, or nothing left to wait for."""
-        return self._stopping or (not self.map and (
-            not wait_for_timers or not (self.timers or self._callbacks)))
-
-    def use_backend(self, backend: Union[str, Backend, None]) -> None:
-        """Move the channels to another backend: a name, as for the
-        constructor (``None``: ``POLLCHAT_BACKEND``, else ``auto``), or an
-        instance to own.  The current backend is closed (its watches removed;
-        the channels' fds stay open) and every channel is registered again
-        before the next poll; timers, queued callbacks, paused reading and
-        idle timeouts stay.  O(map) at the next pass.
-        ``pollchat.aio.serve()`` uses it to bring a map's channels into the
-        running asyncio loop, and back.
-
-        Raises:
-            RuntimeError: the loop is closed, or running a pass.
-            UnknownBackendError: the name is unknown or unavailable.
-        """
-        if self._closed:
-            raise RuntimeError("the loop is closed")
-        if self._depth:
-            raise RuntimeError("the loop is running a pass: change its backend between runs")
-        if backend is self.backend:
-            return
-        old = self.backend
-        self._install_backend(make_backend(backend))
-        old.close()
-
-    def _install_backend(self, backend: Backend) -> None:
-        try:
-            backend.register(self._waker.fileno(), READ)
-        except BaseException:
-            backend.close()
-            raise
-        self.backend = backend
-        self._host_wakeup = getattr(backend, "wakeup", None)
-        self._interest.use_backend(backend)
 
     # -- errors reported to the loop -------------------------------------------------
 
@@ -730,8 +612,7 @@ class Loop:
         maps.detach(self)
         self._interest.polled.clear()
         self._dirty.clear()
-        self._ready.clear()
-        self._parked.clear()
+        self._synthetic.clear()
         self._idle.clear()
         self.timers.clear()
         self._release_kernel_objects()
@@ -741,7 +622,7 @@ class Loop:
         not running, nothing scheduled.  (Its map may still be in use: see
         :func:`maps.sweep`.)"""
         return (self._implicit and not self._closed and not self._depth
-                and not self.timers and not self._callbacks and not self._ready)
+                and not self.timers and not self._callbacks and not self._synthetic.ready)
 
     def _release_if_idle(self) -> None:
         """Close an implicit loop whose map is empty and that nothing needs."""
@@ -763,8 +644,8 @@ class Loop:
                 "timers": len(self.timers), "strict": interest.strict,
                 "reading_paused": sum(1 for ch in self.map.values()
                                       if getattr(ch, "_pc_reading_paused", False)),
-                "idle_watched": len(self._idle), "ready": len(self._ready),
-                "parked": len(self._parked)}
+                "idle_watched": len(self._idle), "ready": len(self._synthetic.ready),
+                "parked": len(self._synthetic.parked)}
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"channels={len(self.map)}"
