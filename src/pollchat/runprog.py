@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import traceback
 from types import TracebackType
 from typing import List, Optional, Sequence, Tuple
 
@@ -138,9 +139,18 @@ def _exec_script(script: str) -> None:
 
 def _print_uncaught(exc: BaseException) -> None:
     """Report an exception the program did not catch, through
-    ``sys.excepthook`` as python does, without pollchat's own frames."""
+    ``sys.excepthook`` as python does, without pollchat's own frames.
+
+    The standard hook's report is written in one piece: worker processes
+    share stderr, and an unbuffered one (``PYTHONUNBUFFERED``) would
+    interleave two workers' tracebacks in the middle of their lines.
+    """
     exc.__traceback__ = _trim_traceback(exc.__traceback__)
-    sys.excepthook(type(exc), exc, exc.__traceback__)
+    if sys.excepthook is not sys.__excepthook__ or sys.stderr is None:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        return
+    sys.stderr.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    sys.stderr.flush()
 
 
 def _interrupted(real_cli: bool) -> int:
