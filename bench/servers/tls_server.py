@@ -23,7 +23,7 @@ import signal
 import socket
 import ssl
 import sys
-from typing import Any, Dict, List, cast
+from typing import Any, Dict, List
 
 import _common
 
@@ -107,32 +107,12 @@ def serve_pollchat(context: ssl.SSLContext) -> None:
 def serve_asyncio(context: ssl.SSLContext) -> None:
     import asyncio
 
+    from asyncio_server import EchoProtocol  # the same line echo as the plain runs
+
     if ARGS.loop == "uvloop":
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-    class Echo(asyncio.Protocol):
-        def __init__(self, stop: asyncio.Future[None]) -> None:
-            self.stop = stop
-            self.buffer = bytearray()
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = cast(asyncio.Transport, transport)
-
-        def data_received(self, data: bytes) -> None:
-            self.buffer += data
-            end = self.buffer.rfind(b"\n")
-            if end < 0:
-                return
-            lines = bytes(self.buffer[:end]).split(b"\n")
-            del self.buffer[:end + 1]
-            for line in lines:
-                if line == b"QUIT":
-                    if not self.stop.done():
-                        self.stop.set_result(None)
-                    return
-                self.transport.write(line + b"\n")
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -143,7 +123,7 @@ def serve_asyncio(context: ssl.SSLContext) -> None:
                 stop.set_result(None)
 
         loop.add_signal_handler(signal.SIGTERM, stop_now)
-        server = await loop.create_server(lambda: Echo(stop), ARGS.host, ARGS.port,
+        server = await loop.create_server(lambda: EchoProtocol(stop_now), ARGS.host, ARGS.port,
                                           backlog=ARGS.backlog, ssl=context)
         _common.announce(server.sockets[0].getsockname()[1], info(ARGS.loop))
         _common.arm_deadline(ARGS.max_seconds)
