@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib
 import os
 import threading
 from typing import Dict, Iterator, List, Optional, Set, Tuple
@@ -58,9 +59,11 @@ class UvloopBackend(AsyncioBackend):
 
     @staticmethod
     def _new_loop() -> asyncio.AbstractEventLoop:
-        import uvloop
-
-        return uvloop.new_event_loop()
+        # Imported by name: uvloop is an optional extra, and the package must
+        # type-check the same whether or not it is installed.
+        uvloop = importlib.import_module("uvloop")
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
 
     # -- libuv's one-shot poll errors ---------------------------------------------------
 
