@@ -54,7 +54,8 @@ from . import loop as _loop
 from . import maps as _maps
 from .backends import ERR, HUP, NVAL, PRI, READ, WRITE
 from .backends import pollers as _pollers
-from .channel import close_all, dispatcher, dispatcher_with_send
+from .channel import close_all, dispatcher
+from .sendbuffer import dispatcher_with_send
 
 # CPython's private names, which programs and CPython's own tests use.
 from .dispatch import DISCONNECTED as _DISCONNECTED  # noqa: F401  (re-exported)

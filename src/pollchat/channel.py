@@ -1,4 +1,4 @@
-"""Channels: asyncore's ``dispatcher`` and ``dispatcher_with_send``.
+"""Channels: asyncore's ``dispatcher`` (``dispatcher_with_send``: :mod:`pollchat.sendbuffer`).
 
 The classes behave as CPython 3.11's.  What differs is internal: a channel
 tells its loop when what its ``readable()``/``writable()`` read may have
@@ -48,8 +48,7 @@ from .listening import back_off_accepting, refuse_unwatchable
 from .observed import managed_predicate, observed, observed_slot, overridable, slot_of
 from .tls import TLSChannelMixin, is_ssl_error, legacy_pending, legacy_send_error
 
-__all__ = ["close_all", "dispatcher", "dispatcher_with_send", "managed_predicate", "observed",
-           "overridable"]
+__all__ = ["close_all", "dispatcher", "managed_predicate", "observed", "overridable"]
 
 logger = logging.getLogger("pollchat")
 
@@ -61,7 +60,7 @@ _socket_class = socket.socket
 # repr() shows the legacy module names, as programs written for asyncore
 # print and parse them: '<asyncore.dispatcher at 0x...>'.
 _LEGACY_MODULES = {"pollchat.channel": "asyncore", "pollchat.asyncore": "asyncore",
-                   "pollchat.files": "asyncore",
+                   "pollchat.files": "asyncore", "pollchat.sendbuffer": "asyncore",
                    "pollchat.chat": "asynchat", "pollchat.asynchat": "asynchat"}
 
 # accept() failures that mean "out of resources for now", not "this listener
@@ -532,40 +531,6 @@ class dispatcher(TLSChannelMixin):
     def handle_close(self) -> None:
         self.log_info("unhandled close event", "warning")
         self.close()
-
-
-class dispatcher_with_send(dispatcher):
-    """A dispatcher that buffers what ``send()`` cannot send at once."""
-
-    out_buffer = observed("out_buffer", "Bytes waiting to be sent.")
-    _pc_out_buffer: Any = b""
-
-    def __init__(self, sock: Any = None, map: Optional[Dict[Any, Any]] = None) -> None:
-        dispatcher.__init__(self, sock, map)
-        self._pc_out_buffer = b""
-
-    def initiate_send(self) -> None:
-        had = bool(self._pc_out_buffer)
-        sent = dispatcher.send(self, self._pc_out_buffer[:65536])
-        self._pc_out_buffer = self._pc_out_buffer[sent:]
-        if had and not self._pc_out_buffer:
-            self._interest_changed()  # writable() turned false
-
-    def handle_write(self) -> None:
-        self.initiate_send()
-
-    @managed_predicate
-    def writable(self) -> bool:
-        return (not self._pc_connected) or bool(len(self._pc_out_buffer))
-
-    def send(self, data: Any) -> None:  # type: ignore[override]
-        if self.debug:
-            self.log_info(f"sending {data!r}")
-        had = bool(self._pc_out_buffer)
-        self._pc_out_buffer = self._pc_out_buffer + data
-        self.initiate_send()
-        if not had and self._pc_out_buffer:
-            self._interest_changed()  # writable() turned true
 
 
 def _check_open(sock: Any) -> None:

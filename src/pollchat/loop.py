@@ -11,11 +11,12 @@ A :class:`Loop` *holds* its pieces, each in a module of its own:
   place handler errors are caught;
 * :class:`~pollchat.wakeup.Waker`: wake-ups from other threads.
 
-Channels talk to their loop through a few named calls, and nothing else:
-:meth:`Loop.channel_added`, :meth:`Loop.channel_removed`,
-:meth:`Loop.interest_changed`, :meth:`Loop.add_ready`,
-:meth:`Loop.set_idle_timeout`, :meth:`Loop.call_later` and
-:attr:`Loop.max_fd`.
+Channels talk to their loop through a few named calls, and nothing else
+(:mod:`pollchat.contract`): :meth:`Loop.channel_added`,
+:meth:`Loop.channel_removed`, :meth:`Loop.interest_changed`,
+:meth:`Loop.add_ready`, :meth:`Loop.set_idle_timeout`, plus
+:meth:`Loop.call_later` (:mod:`pollchat.scheduling`, with the other timer
+and thread-safe calls) and :attr:`Loop.max_fd`.
 
 Invariant at dispatch: an event reaches a channel only if the map still holds
 that channel under the key it was registered with (the fd-reuse race,
@@ -42,11 +43,13 @@ from . import dispatch as _events
 from . import maps
 from .backends import NVAL, READ, Backend, BackendName, event_names, make_backend
 from .dispatch import ErrorPolicy, REraised, run_handlers
+from .contract import ChannelCalls
 from .hosting import HostedRuns, asyncio_loop_running
-from .idle import IdleTimeouts, check_timeout
+from .idle import IdleTimeouts
 from .interest import Interest, managed_interest
 from .ready import SyntheticEvents
-from .timers import TimerHandle, TimerQueue
+from .scheduling import Scheduling
+from .timers import TimerQueue
 from .wakeup import Waker
 
 __all__ = ["Loop", "STRICT_ENV_VAR", "get_loop", "loop_for_map", "managed_interest"]
@@ -112,7 +115,7 @@ def _strict_from_env() -> Union[bool, str]:
     return value not in ("", "0", "false", "no", "off")
 
 
-class Loop(HostedRuns):
+class Loop(ChannelCalls, Scheduling, HostedRuns):
     """An event loop over one channel map, on one backend.
 
     Args:
@@ -208,144 +211,6 @@ class Loop(HostedRuns):
     @property
     def closed(self) -> bool:
         return self._closed
-
-    # -- what channels call ---------------------------------------------------------
-
-    def channel_added(self, key: Any, channel: Any) -> None:
-        """``channel`` was put in the map at ``key`` (``add_channel()``).
-        It is registered at the next pass.  O(1)."""
-        self._interest.added(key)
-        self._arm_idle_timeout(key, channel)
-        if self._host_wakeup is not None:
-            self._host_wakeup()
-
-    def channel_removed(self, key: Any, channel: Any) -> None:
-        """``channel`` left the map (``del_channel()``): it is unregistered
-        now, while its fd is still open.  O(1)."""
-        self._interest.removed(key, channel)
-        self._idle.forget(key, channel)
-        self._synthetic.forget(key)
-        if self._host_wakeup is not None:
-            self._host_wakeup()
-
-    def interest_changed(self, key: Any) -> None:
-        """The channel at ``key`` may now want other events: ask it again
-        before the next poll.  O(1); thread-unsafe, like the channel itself."""
-        self._dirty.add(key)
-        if self._host_wakeup is not None:
-            self._host_wakeup()
-
-    def add_ready(self, key: Any, events: int) -> None:
-        """Deliver ``events`` to the channel now at ``key`` at the next pass
-        as if the kernel had reported them, for data the kernel cannot see
-        (bytes a TLS layer already decrypted, a record left in an
-        ``SSLSocket``).  The next poll does not block.
-
-        Delivered only while the channel's registered interest includes them:
-        the others are parked, costing passes nothing, until a re-sync gives
-        it that interest (a channel that paused reading is not pushed data,
-        and resuming delivers it).  O(1).
-        """
-        channel = self.map.get(key)
-        if channel is None:
-            return
-        self._synthetic.add(key, channel, events)
-        if self._host_wakeup is not None:
-            self._host_wakeup()
-
-    def set_idle_timeout(self, channel: Any, seconds: Optional[float]) -> None:
-        """Run ``channel.handle_timeout()`` once no event reached it for
-        ``seconds`` (``None`` or 0 cancels).  One timer per channel, re-armed
-        lazily: activity itself only stores a timestamp.
-
-        Raises:
-            TypeError, ValueError: ``seconds`` is not a positive number.
-            ValueError: the channel is not in this loop's map.
-        """
-        check_timeout(seconds)
-        key = getattr(channel, "_fileno", None)
-        if key is None or self.map.get(key) is not channel:
-            raise ValueError(f"{channel!r} is not in this loop's map: add it first")
-        self._idle.set(key, channel, seconds)
-        if self._host_wakeup is not None:
-            self._host_wakeup()
-
-    def _arm_idle_timeout(self, key: Any, channel: Any) -> None:
-        seconds = getattr(channel, "idle_timeout", None)
-        if seconds:
-            self._idle.set(key, channel, seconds)
-
-    def pause_reading(self, key: Any) -> None:
-        """Pause reading on the channel at ``key`` (``channel.pause_reading()``)."""
-        channel = self.map.get(key)
-        if channel is not None:
-            channel.pause_reading()
-
-    def resume_reading(self, key: Any) -> None:
-        """Undo :meth:`pause_reading` (``channel.resume_reading()``)."""
-        channel = self.map.get(key)
-        if channel is not None:
-            channel.resume_reading()
-
-    def reading_paused(self, key: Any) -> bool:
-        """Whether the channel at ``key`` has reading paused."""
-        return bool(getattr(self.map.get(key), "_pc_reading_paused", False))
-
-    def reconcile(self) -> None:
-        """Check every channel against the map before the next poll: for code
-        that swaps map entries directly without changing the map's size (size
-        changes are noticed on their own).  O(map)."""
-        self._interest.reconcile()
-
-    # -- scheduling -----------------------------------------------------------------
-
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Call ``callback(*args)`` from the loop in ``delay`` seconds.
-
-        Not thread-safe: from another thread use :meth:`call_soon_threadsafe`.
-        Returns a handle whose ``cancel()`` stops the call.
-        """
-        handle = self.timers.call_later(delay, callback, *args)
-        if self._host_wakeup is not None:
-            self._host_wakeup()
-        return handle
-
-    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Call ``callback(*args)`` at ``when`` on :meth:`time`'s clock."""
-        handle = self.timers.call_at(when, callback, *args)
-        if self._host_wakeup is not None:
-            self._host_wakeup()
-        return handle
-
-    def time(self) -> float:
-        """The loop's clock (:func:`time.monotonic`)."""
-        return self.timers.clock()
-
-    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
-        """Call ``callback(*args)`` from the loop's thread, soon; safe to call
-        from any thread, and wakes the loop if it is blocked in poll.
-
-        Raises:
-            TypeError: ``callback`` is not callable.
-            RuntimeError: the loop is closed.
-        """
-        if not callable(callback):
-            raise TypeError(f"callback must be callable, not {callback!r}")
-        if self._closed:
-            raise RuntimeError("the loop is closed")
-        with self._callbacks_lock:
-            first = not self._callbacks
-            self._callbacks.append((callback, args))
-        if first:  # one wake-up per batch is enough
-            self._waker.wake()
-
-    def stop(self) -> None:
-        """Make :meth:`run` return after the current pass, waking a poll
-        that is blocked.  Safe from another thread and from a signal
-        handler (the wake-up is one non-blocking write, no lock)."""
-        self._stopping = True
-        if not self._closed:
-            self._waker.wake()
 
     # -- running ----------------------------------------------------------------------
 
@@ -569,21 +434,6 @@ class Loop(HostedRuns):
         if now >= self._next_audit:
             self._next_audit = now + AUDIT_INTERVAL
             self.audit()
-
-    # -- timers and callbacks ---------------------------------------------------------
-
-    def _run_timers(self, now: float) -> None:
-        run = self._errors.run_callback
-        for handle in self.timers.pop_due(now):
-            if not handle.cancelled:
-                run(handle._callback, handle._args)
-
-    def _run_callbacks(self) -> None:
-        with self._callbacks_lock:
-            batch, self._callbacks = self._callbacks, collections.deque()
-        run = self._errors.run_callback
-        for callback, args in batch:
-            run(callback, args)
 
     # -- lifetime ---------------------------------------------------------------------
 

@@ -12,8 +12,8 @@ gets these methods from :class:`TLSChannelMixin`:
   :meth:`~TLSChannelMixin.handle_handshake_failed` and
   :meth:`~TLSChannelMixin.handle_unwrapped`.
 
-The work is done by ``pollchat._tlstransport`` (imported, with :mod:`ssl`,
-only when a program starts TLS: plaintext programs pay neither the import
+The work is done by ``pollchat._tlsswitch`` and ``pollchat._tlstransport``
+(imported, with :mod:`ssl`, only when a program starts TLS: plaintext programs pay neither the import
 nor anything per event but one attribute test in ``recv``, ``send``,
 ``handle_read_event``, ``handle_write_event`` and ``close``).
 
@@ -112,7 +112,7 @@ class TLSChannelMixin:
                 socket or is a listener; a timeout is not positive;
                 ``server_hostname`` is missing but the context checks it.
         """
-        from ._tlstransport import start_tls
+        from ._tlsswitch import start_tls
 
         start_tls(self, context, server_side=server_side, server_hostname=server_hostname,
                   session=session, handshake_timeout=handshake_timeout,
@@ -133,7 +133,7 @@ class TLSChannelMixin:
         Raises:
             ValueError: TLS is not established on this channel.
         """
-        from ._tlstransport import unwrap_tls
+        from ._tlsswitch import unwrap_tls
 
         unwrap_tls(self)
 
