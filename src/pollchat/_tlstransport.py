@@ -27,17 +27,13 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 import ssl
 from typing import Any, Callable, Optional
 
 from . import loop as _loop
 from .backends import PRI, READ, WRITE
 from .channel import dispatcher
-from .sendbuffer import dispatcher_with_send
-from .chat import async_chat
 from .dispatch import DISCONNECTED, REraised
-from .timers import check_seconds
 from .tls import _peer_name, describe_error
 from .tlsengine import (
     ESTABLISHED,

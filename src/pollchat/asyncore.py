@@ -55,7 +55,6 @@ from . import maps as _maps
 from .backends import ERR, HUP, NVAL, PRI, READ, WRITE
 from .backends import pollers as _pollers
 from .channel import close_all, dispatcher
-from .sendbuffer import dispatcher_with_send
 
 # CPython's private names, which programs and CPython's own tests use.
 from .dispatch import DISCONNECTED as _DISCONNECTED  # noqa: F401  (re-exported)
@@ -65,6 +64,7 @@ from .dispatch import exception as _exception  # noqa: F401  (re-exported)
 from .dispatch import strerror as _strerror  # noqa: F401  (re-exported)
 from .files import file_dispatcher, file_wrapper
 from .loop import get_loop
+from .sendbuffer import dispatcher_with_send
 
 # CPython's module warns on import; pollchat's is not deprecated, so this
 # is only here for programs that read it.

@@ -42,8 +42,8 @@ from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, Union
 from . import dispatch as _events
 from . import maps
 from .backends import NVAL, READ, Backend, BackendName, event_names, make_backend
-from .dispatch import ErrorPolicy, REraised, run_handlers
 from .contract import ChannelCalls
+from .dispatch import ErrorPolicy, REraised, run_handlers
 from .hosting import HostedRuns, asyncio_loop_running
 from .idle import IdleTimeouts
 from .interest import Interest, managed_interest

@@ -13,9 +13,10 @@ gets these methods from :class:`TLSChannelMixin`:
   :meth:`~TLSChannelMixin.handle_unwrapped`.
 
 The work is done by ``pollchat._tlsswitch`` and ``pollchat._tlstransport``
-(imported, with :mod:`ssl`, only when a program starts TLS: plaintext programs pay neither the import
-nor anything per event but one attribute test in ``recv``, ``send``,
-``handle_read_event``, ``handle_write_event`` and ``close``).
+(imported, with :mod:`ssl`, only when a program starts TLS: plaintext
+programs pay neither the import nor anything per event but one attribute
+test in ``recv``, ``send``, ``handle_read_event``, ``handle_write_event``
+and ``close``).
 
 This module also holds the small helpers the core uses for programs that
 wrap their own sockets in ``ssl.SSLSocket`` (CPython's test_ssl, pyftpdlib):
