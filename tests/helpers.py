@@ -35,6 +35,23 @@ def run_until(loop, predicate, timeout=10.0, between=None, step=0.01):
             between()
 
 
+def receive_all(loop, sock, size, timeout=10.0):
+    """Run passes of ``loop`` while reading ``sock`` (made non-blocking)
+    until ``size`` bytes arrived; returns them (bounded by ``timeout``)."""
+    sock.setblocking(False)
+    received = bytearray()
+
+    def arrived():
+        try:
+            received.extend(sock.recv(1 << 20))
+        except BlockingIOError:
+            pass
+        return len(received) >= size
+
+    run_until(loop, arrived, timeout=timeout)
+    return bytes(received)
+
+
 def reset(sock):
     """Close ``sock`` abruptly: the peer gets an RST, not a FIN (SO_LINGER
     with a zero timeout)."""

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from helpers import run_until
+from helpers import receive_all, run_until
 
 import pollchat
 from pollchat import asyncore
@@ -127,19 +127,8 @@ def test_output_that_waits_turns_write_interest_on_once_and_off_once(loop):
     loop.run_once(0)
     assert loop.registered_events(ch._fileno) & WRITE
     assert calls["modify"] == 1
-    b.setblocking(False)
-    received = bytearray()
-
-    def drained():
-        try:
-            received.extend(b.recv(1 << 20))
-        except BlockingIOError:
-            pass
-        return len(received) == len(big)
-
-    run_until(loop, drained, timeout=10)
+    assert receive_all(loop, b, len(big)) == big
     loop.run_once(0)
-    assert bytes(received) == big
     assert loop.registered_events(ch._fileno) & (READ | WRITE) == READ
     assert calls["modify"] == 2  # on once, off once, whatever the passes between
     b.close()
@@ -625,18 +614,7 @@ def test_interest_sync_happens_for_push_from_a_timer(loop):
     big = b"x" * (4 << 20)  # more than the socket takes at once
 
     loop.call_later(0, ch.send, big)
-    b.setblocking(False)
-    received = bytearray()
-
-    def drained():
-        try:
-            received.extend(b.recv(1 << 20))
-        except BlockingIOError:
-            pass
-        return len(received) == len(big)
-
-    run_until(loop, drained, timeout=10)
-    assert bytes(received) == big
+    assert receive_all(loop, b, len(big)) == big
     b.close()
 
 
