@@ -226,14 +226,36 @@ def test_keyboard_interrupt_while_waiting_leaves_the_loop_runnable(loop):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread")
     listener = Listener(loop.map)
-    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    interrupter = threading.Thread(target=interrupt_when_waiting,
+                                   args=(threading.get_native_id(),), daemon=True)
+    interrupter.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             loop.run(timeout=5.0)  # driven by the event loop, waiting
     finally:
-        timer.cancel()
+        interrupter.join(WAIT)
     assert line_client_in_thread(loop, listener.port, b"again") == b"again\n"
+
+
+def interrupt_when_waiting(thread_id, timeout=WAIT):
+    """SIGINT to this process once the thread ``thread_id`` (a native id)
+    sleeps in the kernel's poll: what this test is about is an interrupt
+    while waiting, not one in the middle of the event loop's set-up (where
+    uvloop itself cannot be interrupted safely).  Without /proc, after a
+    fixed delay."""
+    wchan = f"/proc/self/task/{thread_id}/wchan"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(wchan) as f:
+                where = f.read()
+        except OSError:
+            time.sleep(0.2)
+            break
+        if "poll" in where or "select" in where:
+            break
+        time.sleep(0.002)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def line_client_in_thread(loop, port, line):
@@ -291,6 +313,41 @@ UVLOOP_CLOSED_BEHIND = textwrap.dedent("""
         loop.run_once(0.01)
     print("alive", closed, flush=True)
 """)
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason=NO_UVLOOP)
+def test_uvloop_spare_fds_are_never_closed_twice(monkeypatch):
+    """The uvloop backend keeps two spare fds and closes them around each run
+    of the event loop.  A KeyboardInterrupt between two of those closes must
+    not leave a closed number listed: closing it again later would close
+    whatever socket got that number meanwhile."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the spare fds are handed over in the main thread only")
+    backend = backends.make_backend("uvloop")
+    try:
+        assert len(backend._spare_fds) == 2
+        real_close = os.close
+        calls = []
+
+        def close_then_interrupt(fd):
+            real_close(fd)
+            calls.append(fd)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(os, "close", close_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            with backend._running():
+                pass
+        monkeypatch.setattr(os, "close", real_close)
+        newcomer = os.open(os.devnull, os.O_RDONLY)  # likely the number just closed
+        try:
+            backend.close()
+            os.fstat(newcomer)  # still open: the backend closed only its own fds
+        finally:
+            real_close(newcomer)
+    finally:
+        backend.close()
 
 
 @pytest.mark.skipif(not HAVE_UVLOOP, reason=NO_UVLOOP)

@@ -102,9 +102,7 @@ class UvloopBackend(AsyncioBackend):
         if not self._spare_fds or threading.current_thread() is not threading.main_thread():
             yield
             return
-        for fd in self._spare_fds:
-            os.close(fd)
-        self._spare_fds.clear()
+        self._close_spare_fds()
         try:
             yield
         finally:
@@ -117,11 +115,18 @@ class UvloopBackend(AsyncioBackend):
             except OSError:
                 return  # at the limit now: kept at the next run, when uvloop gives them back
 
+    def _close_spare_fds(self) -> None:
+        # Each fd leaves the list before it is closed: a KeyboardInterrupt
+        # between the two then leaks one fd at worst, where closing first
+        # would leave a closed number listed, to be closed again later when
+        # it may belong to someone else's socket.
+        spare = self._spare_fds
+        while spare:
+            os.close(spare.pop())
+
     def close(self) -> None:
         super().close()
-        for fd in self._spare_fds:
-            os.close(fd)
-        self._spare_fds.clear()
+        self._close_spare_fds()
 
     def _kernel_modify(self, fd: int, old: int, new: int) -> None:
         if old:
