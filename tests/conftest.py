@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 import socket
+import threading
 
 import kqueue_libkqueue
 import libkqueue_build
@@ -260,3 +262,16 @@ def tls_client_context(tls_ca):
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
+
+
+@pytest.fixture
+def ctrl_c():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test, in the
+    main thread: a shell's background job, such as a CI script started with
+    ``&``, runs pytest with SIGINT ignored, and a test that sends itself
+    SIGINT would then wait for an interrupt that never comes."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread")
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, saved)

@@ -222,9 +222,7 @@ def test_exit_now_and_a_failing_handle_error_leave_asyncore_loop(loop):
     run_until(loop, lambda: len(loop.map) == 1)  # the loop runs on, by passes too
 
 
-def test_keyboard_interrupt_while_waiting_leaves_the_loop_runnable(loop):
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals are delivered to the main thread")
+def test_keyboard_interrupt_while_waiting_leaves_the_loop_runnable(loop, ctrl_c):
     listener = Listener(loop.map)
     interrupter = threading.Thread(target=interrupt_when_waiting,
                                    args=(threading.get_native_id(),), daemon=True)

@@ -247,9 +247,7 @@ def test_fd_closed_behind_the_loops_back(loop):
     b.close()
 
 
-def test_keyboard_interrupt_in_poll_leaves_the_loop_runnable(loop):
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals are delivered to the main thread")
+def test_keyboard_interrupt_in_poll_leaves_the_loop_runnable(loop, ctrl_c):
     a, b = socket.socketpair()
     got = []
 
