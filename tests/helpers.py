@@ -52,6 +52,17 @@ def receive_all(loop, sock, size, timeout=10.0):
     return bytes(received)
 
 
+def socket_pair_on_fd(fd):
+    """A connected socket pair whose first socket has the number ``fd`` (just
+    freed by the caller): for tests of an fd reused within one pass."""
+    sock, peer = socket.socketpair()
+    if sock.fileno() != fd:  # the kernel gave another number: move it there
+        os.dup2(sock.fileno(), fd)
+        sock.close()
+        sock = socket.socket(fileno=fd)
+    return sock, peer
+
+
 def reset(sock):
     """Close ``sock`` abruptly: the peer gets an RST, not a FIN (SO_LINGER
     with a zero timeout)."""

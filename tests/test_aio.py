@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import threading
 import time
 
 import pytest
 from aio_support import FLAVOURS, EchoSession, Listener, exchange, run_in
+from helpers import socket_pair_on_fd
 
 import pollchat
 from pollchat import aio, asynchat, asyncore, maps
@@ -317,12 +317,8 @@ def test_fd_reused_in_one_batch_never_reaches_the_new_channel(flavour, channel_m
             victim = next(ch for ch in channel_map.values() if ch is not self)
             fd = victim._fileno
             victim.close()
-            c_sock, c_peer = socket.socketpair()
+            c_sock, c_peer = socket_pair_on_fd(fd)
             keep.append(c_peer)
-            if c_sock.fileno() != fd:
-                os.dup2(c_sock.fileno(), fd)
-                c_sock.close()
-                c_sock = socket.socket(fileno=fd)
             Peer(c_sock, "C")
 
     pairs = [socket.socketpair() for _ in range(2)]

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from helpers import receive_all, run_until
+from helpers import receive_all, run_until, socket_pair_on_fd
 
 import pollchat
 from pollchat import asyncore
@@ -236,12 +236,8 @@ def test_fd_reused_in_the_same_pass_gets_no_stale_events(loop, how):
             else:
                 victim.socket.close()
                 del loop.map[fd]
-            c_sock, c_peer = socket.socketpair()
+            c_sock, c_peer = socket_pair_on_fd(fd)  # C really reuses the fd
             keep.append(c_peer)
-            if c_sock.fileno() != fd:  # make sure C really reuses the fd
-                os.dup2(c_sock.fileno(), fd)
-                c_sock.close()
-                c_sock = socket.socket(fileno=fd)
             if how == "close":
                 Peer(c_sock, "C", loop.map)
             else:
