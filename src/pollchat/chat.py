@@ -107,7 +107,10 @@ class async_chat(ChatInput, ChatOutput, dispatcher):
     _ac_output_full = False
     # Per class (__init_subclass__): get_terminator() is the stock one, so
     # the attribute can be read instead; send/initiate_send/writable are the
-    # stock ones, so replies may be sent together.
+    # stock ones, so replies may be sent together.  __init__ copies both to
+    # the instance: the read path asks for them on every read, and Python
+    # 3.11 specializes loads of instance attributes only (a class
+    # attribute read through an instance is a full lookup each time).
     _ac_stock_get_terminator = True
     _ac_coalesce = True
 
@@ -123,6 +126,9 @@ class async_chat(ChatInput, ChatOutput, dispatcher):
         self._ac_buf = b""
         self._ac_pos = 0
         self.incoming: List[bytes] = []
+        cls = type(self)
+        self._ac_stock_get_terminator = cls._ac_stock_get_terminator
+        self._ac_coalesce = cls._ac_coalesce
         # Every attribute the hot path sets later is set here first, always in
         # this order: CPython 3.11 keeps an instance's attributes in a values
         # array shared by its class only while instances add them in the same

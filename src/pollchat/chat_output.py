@@ -107,7 +107,7 @@ class ChatOutput(_Channel):
             fifo = self._fifo_for_write()
             obs = self.ac_out_buffer_size
             if len(data) > obs:
-                queue_add(fifo, items=[data[i:i + obs] for i in range(0, len(data), obs)])
+                queue_add(fifo, items=_pieces(data, obs))
             else:
                 queue_add(fifo, data)
             self.initiate_send()
@@ -339,6 +339,13 @@ class ChatOutput(_Channel):
         channel thus costs the loop nothing."""
         if (bool(self._pc_fifo) or not self._pc_connected) is not self._ac_writable_seen:
             self._interest_changed()
+
+
+def _pieces(data: Any, size: int) -> List[Any]:
+    """``data`` cut in pieces of ``size`` bytes, as CPython's ``push()`` cut
+    it.  (A function of its own: a comprehension in ``push()`` would make
+    ``data`` a cell variable, paid for on every push.)"""
+    return [data[i:i + size] for i in range(0, len(data), size)]
 
 
 def _gather(fifo: Any, limit: int) -> Any:
