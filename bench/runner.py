@@ -105,6 +105,7 @@ def derive_metrics(run: ClientRun, base: Optional[Sample], point: Point,
     if start and end and end.at - start.at >= MIN_CPU_WINDOW:
         metrics.update(cpu_shares(start, end, metrics.get("client_cpu", 0.0), ncpus))
         metrics.update(per_op(end.cpu - start.cpu, metrics.get("ops", 0.0)))
+        metrics.update(user_and_kernel(start, end, metrics.get("ops", 0.0)))
     ready = run.samples.get("ready")
     idle = int(point.params.get("idle", 0))
     if ready and base:
@@ -123,6 +124,19 @@ def per_op(server_cpu_seconds: float, ops: float) -> Dict[str, float]:
     return {"server_cpu_seconds": server_cpu_seconds,
             "server_us_per_op": 1e6 * server_cpu_seconds / ops,
             "ops_per_cpu_s": ops / server_cpu_seconds}
+
+
+def user_and_kernel(start: Sample, end: Sample, ops: float) -> Dict[str, float]:
+    """The server's user and kernel CPU per unit of work (µs), from the tick
+    counters (nothing when there was no work or no tick).  The kernel's
+    share is the system calls and the network stack below them, which no
+    event loop in the process can make cheaper."""
+    user = end.cpu_user - start.cpu_user
+    system = end.cpu_system - start.cpu_system
+    if ops <= 0 or user + system <= 0:
+        return {}
+    return {"server_user_us_per_op": 1e6 * user / ops,
+            "server_sys_us_per_op": 1e6 * system / ops}
 
 
 @dataclass(frozen=True)

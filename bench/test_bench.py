@@ -307,6 +307,18 @@ def test_derive_metrics_uses_the_window_samples() -> None:
     assert metrics["ops_per_cpu_s"] == pytest.approx(100_000)
     assert metrics["server_cpu"] == pytest.approx(90.0)
     assert metrics["client_cpu"] == pytest.approx(50.0)
+    assert "server_user_us_per_op" not in metrics  # no tick moved: no split
+
+
+def test_derive_metrics_splits_user_and_kernel_cpu() -> None:
+    start = Sample(at=10.0, cpu=3.0, rss=1000, cpus_busy=0, cpus_total=0,
+                   cpu_user=2.0, cpu_system=1.0)
+    end = Sample(at=11.0, cpu=3.9, rss=1000, cpus_busy=0, cpus_total=0,
+                 cpu_user=2.3, cpu_system=1.6)
+    run = ClientRun({"ok": True, "ops": 100_000, "seconds": 1.0}, {"start": start, "end": end})
+    metrics = derive_metrics(run, None, Point("p", "p", {"conns": 1}), 2)
+    assert metrics["server_user_us_per_op"] == pytest.approx(3.0)
+    assert metrics["server_sys_us_per_op"] == pytest.approx(6.0)
 
 
 def test_exact_cpu_clock_matches_the_kernel_ticks() -> None:

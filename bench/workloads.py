@@ -74,6 +74,10 @@ METRICS: Dict[str, Metric] = {m.key: m for m in (
     Metric("rate", "{ops}/s", "{ops}/s"),
     Metric("ops_per_cpu_s", "{ops} per server CPU-second", "{ops}/CPU-s"),
     Metric("server_us_per_op", "server CPU per {op}", "µs", higher_is_better=False),
+    Metric("server_user_us_per_op", "server user CPU per {op}", "µs",
+           higher_is_better=False),
+    Metric("server_sys_us_per_op", "server kernel CPU per {op}", "µs",
+           higher_is_better=False),
     Metric("lines_per_s", "lines/s", "lines/s"),
     Metric("mb_per_s", "MB/s", "MB/s"),
     Metric("per_conn", "RSS per idle connection", "bytes", higher_is_better=False),
@@ -284,6 +288,8 @@ def smtp_messages(params: Mapping[str, Any]) -> Script:
 LEGACY_FIRST = ("stdlib-poll", "stdlib-select", "asyncio")
 SELECT_FIRST = ("stdlib-select", "stdlib-poll", "asyncio")
 CPU_METRICS = ("client_cpu", "server_cpu")
+#: The server's CPU per unit of work split into its user and kernel parts.
+USER_AND_KERNEL = ("server_user_us_per_op", "server_sys_us_per_op")
 #: Units of work per server CPU-second first (plotted), then the rate.
 PER_CPU_FIRST = ("ops_per_cpu_s", "rate", "server_us_per_op", *CPU_METRICS)
 ROUND_TRIPS = ("round trip", "round trips")
@@ -307,7 +313,8 @@ WORKLOADS: Tuple[Workload, ...] = (
         description="100 clients, each doing sequential ping-pong (16-byte lines): total "
                     "round trips per second, and the server's CPU per round trip.",
         server_mode="echo", client="script", script=pingpong_script,
-        metrics=("rate", "server_us_per_op", "ops_per_cpu_s", *CPU_METRICS), op=ROUND_TRIPS,
+        metrics=("rate", "server_us_per_op", "ops_per_cpu_s", *USER_AND_KERNEL, *CPU_METRICS),
+        op=ROUND_TRIPS,
         full=(Point("conns100", "100 clients", {"conns": 100}),),
         quick=(Point("conns100", "100 clients", {"conns": 100}),),
         baselines=SELECT_FIRST),
@@ -334,7 +341,7 @@ WORKLOADS: Tuple[Workload, ...] = (
                     "terminator b'\\r\\n\\r\\n') and sends a small fixed response. "
                     "Requests per server CPU-second.",
         server_mode="http", client="script", script=lambda params: scripts.http_keepalive(),
-        metrics=PER_CPU_FIRST, op=REQUESTS,
+        metrics=(*PER_CPU_FIRST, *USER_AND_KERNEL), op=REQUESTS,
         full=(Point("conns100", "100 connections", {"conns": 100}),),
         quick=(Point("conns100", "100 connections", {"conns": 100}),),
         baselines=SELECT_FIRST),
