@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import pytest
 
-from bench import loadgen, scripts, targets, trees
+from bench import instructions, loadgen, scripts, targets, trees
 from bench.impls import Context, find_python, probe_pollchat, tree_env
 from bench.model import ResultSet
 from bench.procs import ClientRun, Sample, Server, task_cpu_seconds
@@ -390,3 +390,14 @@ def test_a_revision_builds_into_an_importable_tree(tmp_path: Path) -> None:
     with pytest.raises(trees.TreeError, match="not a commit"):
         trees.revision("no-such-revision-here", tmp_path)
     assert Context(trees=[tree]).tree("base") is tree
+
+
+def test_instructions_reads_the_callgrind_total() -> None:
+    text = ("# callgrind format\nversion: 1\nevents: Ir\nfl=x\n0 5\n"
+            "summary: 123456\ntotals: 123456\n")
+    assert instructions.read_total(text) == 123456
+    with pytest.raises(ValueError, match="not a callgrind output"):
+        instructions.read_total("events: Ir\n0 5\n")
+    assert instructions.find_workload("keepalive").server_mode == "http"
+    with pytest.raises(ValueError, match="unknown workload"):
+        instructions.find_workload("nope")
