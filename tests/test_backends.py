@@ -33,6 +33,7 @@ from pollchat.backends import (
     NotRegisteredError,
     event_names,
 )
+from pollchat.backends._base import NativeEvents
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -295,3 +296,17 @@ def test_none_blocks_until_woken_by_another_thread(backend, pair):
         timer.join()
     assert ready.get(a.fileno(), 0) & READ
     assert time.monotonic() - start >= 0.15
+
+
+def test_native_events_translate_only_what_differs():
+    flags = NativeEvents(((select.POLLIN, READ), (select.POLLOUT, WRITE),
+                          (select.POLLPRI, PRI), (select.POLLHUP, HUP)))
+    assert flags.unchanged == frozenset({select.POLLIN})  # POLLIN is READ (1)
+    plain = [(5, select.POLLIN), (6, select.POLLIN)]
+    assert flags.translate(plain) is plain  # nothing to translate: the list itself
+    mixed = [(5, select.POLLIN), (6, select.POLLOUT | select.POLLIN), (7, select.POLLPRI)]
+    assert flags.translate(mixed) == [(5, READ), (6, READ | WRITE), (7, PRI)]
+    # Bits nobody translates (POLLRDNORM...) are dropped, so the mask differs.
+    assert flags.translate([(5, select.POLLIN | select.POLLRDNORM)]) == [(5, READ)]
+    assert flags.translate(iter([(8, select.POLLHUP)])) == [(8, HUP)]
+    assert flags.translate([]) == []

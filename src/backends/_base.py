@@ -29,6 +29,7 @@ three are reported whether asked for or not, where the kernel can tell.
 from __future__ import annotations
 
 import errno
+import operator
 import selectors
 from types import MappingProxyType
 from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Tuple, Union
@@ -310,6 +311,9 @@ def fd_of(fileobj: FileObj) -> int:
     return fd
 
 
+_second = operator.itemgetter(1)
+
+
 class NativeEvents(Dict[int, int]):
     """Native-to-neutral event translation, one dict lookup per event.
 
@@ -322,6 +326,23 @@ class NativeEvents(Dict[int, int]):
     def __init__(self, pairs: Iterable[Tuple[int, int]]) -> None:
         super().__init__()
         self.pairs = tuple(pairs)
+        #: Native masks that are already their neutral value (POLLIN and
+        #: EPOLLIN are READ): events with only these need no translating.
+        self.unchanged = frozenset(native for native, neutral in self.pairs
+                                   if native == neutral)
+
+    def translate(self, ready: EventList) -> EventList:
+        """The kernel's ``(fd, native mask)`` pairs as ``(fd, neutral mask)``.
+
+        When every mask is one of :attr:`unchanged` (a busy server's events
+        are nearly all a plain POLLIN/EPOLLIN), ``ready`` itself is returned:
+        the check runs in C, where translating makes a tuple per event.
+        """
+        if type(ready) is not list:
+            ready = list(ready)  # (a stand-in's iterable: it is read twice)
+        if ready and not set(map(_second, ready)) <= self.unchanged:
+            return [(fd, self[native]) for fd, native in ready]
+        return ready
 
     def __missing__(self, native: int) -> int:
         neutral = 0

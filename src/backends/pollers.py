@@ -180,8 +180,7 @@ class _PollLikeBackend(Backend):
         self._selector.unregister(fd)
 
     def poll(self, timeout: Optional[float] = None) -> EventList:
-        flags = self._FLAGS
-        return [(fd, flags[native]) for fd, native in self._selector.poll(_ms(timeout))]
+        return self._FLAGS.translate(self._selector.poll(_ms(timeout)))
 
 
 def _poll_flags() -> NativeEvents:
@@ -257,12 +256,10 @@ if hasattr(select, "epoll"):
                 live = ready_files(self._always_ready)
                 if live:
                     wait = 0
-            flags = self._FLAGS
             # maxevents is left at its default (FD_SETSIZE - 1): with
             # level-triggered epoll, anything left over is reported by the
             # next call.
-            ready = [(fd, flags[native])
-                     for fd, native in self._selector.poll(-1 if wait is None else wait)]
+            ready = self._FLAGS.translate(self._selector.poll(-1 if wait is None else wait))
             if live:
                 ready.extend(live.items())
             return ready
