@@ -39,14 +39,23 @@ BENCH = Path(__file__).resolve().parent
 SERVER = BENCH / "servers" / "legacy_server.py"
 
 
-def read_total(callgrind_out: str) -> int:
-    """The instruction total of a callgrind output file's text (its
-    ``summary:`` or ``totals:`` line, first event)."""
+def read_totals(callgrind_out: str) -> Dict[str, int]:
+    """The totals of a callgrind output file's text, by event name (``Ir``
+    for instructions; with the cache simulation also ``D1mr``, ``Bim``...),
+    from its ``events:`` and ``summary:`` (or ``totals:``) lines."""
+    names: List[str] = []
     for line in callgrind_out.splitlines():
-        match = re.match(r"(?:summary|totals):\s+(\d+)", line)
-        if match:
-            return int(match.group(1))
-    raise ValueError("no summary or totals line: not a callgrind output file")
+        if line.startswith("events:"):
+            names = line.split()[1:]
+        match = re.match(r"(?:summary|totals):\s+([\d ]+)$", line)
+        if match and names:
+            return dict(zip(names, map(int, match.group(1).split())))
+    raise ValueError("no events and summary lines: not a callgrind output file")
+
+
+def read_total(callgrind_out: str) -> int:
+    """The instruction total of a callgrind output file's text."""
+    return read_totals(callgrind_out)["Ir"]
 
 
 def find_workload(key: str) -> Workload:
@@ -57,7 +66,7 @@ def find_workload(key: str) -> Workload:
 
 
 def count(workload: Workload, point_key: Optional[str], impl: str, *, seconds: float,
-          out: Path, loadgen: Path) -> Dict[str, float]:
+          out: Path, loadgen: Path, cache_sim: bool = False) -> Dict[str, float]:
     """Run one measurement; returns ops, instructions and their ratio."""
     points = {point.key: point for point in workload.full}
     point = points[point_key] if point_key else workload.full[-1]
@@ -67,7 +76,8 @@ def count(workload: Workload, point_key: Optional[str], impl: str, *, seconds: f
     workload.script(point.params).write(script)
     env = dict(os.environ, POLLCHAT_BACKEND="epoll")
     server = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+         *(["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []), sys.executable,
          str(SERVER), "--impl", impl, "--mode", workload.server_mode, "--port", "0",
          "--max-seconds", str(seconds + 300)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
@@ -109,10 +119,14 @@ def count(workload: Workload, point_key: Optional[str], impl: str, *, seconds: f
     dumps = [dump for dump in dumps if dump.suffix != ".script"]
     if not dumps or not result:
         raise RuntimeError("no callgrind dump or no result")
-    instructions = read_total(dumps[-1].read_text(errors="replace"))
+    totals = read_totals(dumps[-1].read_text(errors="replace"))
     ops = float(result["ops"])
-    return {"ops": ops, "instructions": float(instructions),
-            "per_op": instructions / ops if ops else 0.0}
+    numbers = {"ops": ops, "instructions": float(totals["Ir"]),
+               "per_op": totals["Ir"] / ops if ops else 0.0}
+    for event in ("D1mr", "Bim"):  # with the cache simulation, per 1,000 instructions
+        if event in totals and totals["Ir"]:
+            numbers[event] = 1000.0 * totals[event] / totals["Ir"]
+    return numbers
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -125,6 +139,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0,
                         help="the measured window (valgrind runs the server ~50x slower)")
     parser.add_argument("--out", type=Path, help="directory to keep the callgrind files in")
+    parser.add_argument("--cache-sim", action="store_true",
+                        help="also simulate the caches and branch predictors: L1 data read "
+                             "misses and indirect-branch mispredictions per 1,000 "
+                             "instructions (slower)")
     args = parser.parse_args(argv)
     missing = [tool for tool in ("valgrind", "callgrind_control") if not shutil.which(tool)]
     if missing:
@@ -144,9 +162,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows: List[str] = []
         for impl in args.impl or ["pollchat", "stdlib"]:
             numbers = count(workload, args.point, impl, seconds=args.seconds,
-                            out=where / f"callgrind.{workload.key}.{impl}", loadgen=loadgen)
+                            out=where / f"callgrind.{workload.key}.{impl}", loadgen=loadgen,
+                            cache_sim=args.cache_sim)
             rows.append(f"{impl:9} {numbers['per_op']:>10,.0f} instructions per "
                         f"{workload.op[0]} ({numbers['ops']:,.0f} {workload.op[1]})")
+            if "D1mr" in numbers:
+                rows[-1] += (f"; per 1,000 instructions {numbers['D1mr']:.1f} L1 data read "
+                             f"misses, {numbers['Bim']:.1f} indirect-branch mispredictions")
             print(rows[-1], flush=True)
     return 0
 

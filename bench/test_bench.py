@@ -396,6 +396,8 @@ def test_instructions_reads_the_callgrind_total() -> None:
     text = ("# callgrind format\nversion: 1\nevents: Ir\nfl=x\n0 5\n"
             "summary: 123456\ntotals: 123456\n")
     assert instructions.read_total(text) == 123456
+    simulated = "events: Ir D1mr Bim\nfl=x\nsummary: 1000 9 17\n"
+    assert instructions.read_totals(simulated) == {"Ir": 1000, "D1mr": 9, "Bim": 17}
     with pytest.raises(ValueError, match="not a callgrind output"):
         instructions.read_total("events: Ir\n0 5\n")
     assert instructions.find_workload("keepalive").server_mode == "http"
