@@ -49,6 +49,15 @@ class OwnGetter(Chat):
         return super().get_terminator()
 
 
+class GetterBeforeInit(Chat):
+    """Replaces get_terminator() on the instance before async_chat's
+    __init__ runs: the read path must still ask it at every step."""
+
+    def __init__(self, sock: Any, map: Any) -> None:
+        self.get_terminator = lambda: b"|"  # type: ignore[method-assign]
+        super().__init__(sock, map)
+
+
 @pytest.fixture
 def channels() -> Iterator[List[Any]]:
     made: List[Any] = []
@@ -77,6 +86,16 @@ def test_the_per_read_flags_are_instance_attributes(channels: List[Any]) -> None
     assert vars(plain)["_ac_stock_get_terminator"] is True
     assert vars(own_send)["_ac_coalesce"] is False
     assert vars(own_getter)["_ac_stock_get_terminator"] is False
+
+
+def test_an_instance_getter_set_before_init_is_asked(channels: List[Any]) -> None:
+    channel = channels[0](GetterBeforeInit)
+    channel.set_terminator(b"\n")  # what the replaced getter hides
+    seen: List[bytes] = []
+    channel.collect_incoming_data = seen.append
+    channel._ac_buf, channel._ac_pos = b"a|b\nc|", 0
+    channel._scan_input()
+    assert seen == [b"a", b"b\nc"]
 
 
 def test_instances_keep_one_attribute_order(channels: List[Any]) -> None:

@@ -315,7 +315,8 @@ _second = operator.itemgetter(1)
 
 
 class NativeEvents(Dict[int, int]):
-    """Native-to-neutral event translation, one dict lookup per event.
+    """Native-to-neutral event translation: one dict lookup per event, and
+    none when every event is already neutral (:meth:`translate`).
 
     Built from ``((native_bit, neutral_bit), ...)``.  A combination of native
     bits is computed once, the first time the kernel reports it, and cached:

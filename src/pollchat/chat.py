@@ -127,7 +127,9 @@ class async_chat(ChatInput, ChatOutput, dispatcher):
         self._ac_pos = 0
         self.incoming: List[bytes] = []
         cls = type(self)
-        self._ac_stock_get_terminator = cls._ac_stock_get_terminator
+        # (An instance may have replaced get_terminator() before calling us.)
+        self._ac_stock_get_terminator = (cls._ac_stock_get_terminator
+                                         and self._pc_replaced_get_terminator is None)
         self._ac_coalesce = cls._ac_coalesce
         # Every attribute the hot path sets later is set here first, always in
         # this order: CPython 3.11 keeps an instance's attributes in a values

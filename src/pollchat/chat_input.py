@@ -58,6 +58,7 @@ class ChatInput(_Channel):
     _ac_batch: Optional[List[Any]]
     _ac_line_bytes: int
     _ac_stock_get_terminator: bool
+    _pc_replaced_get_terminator: Any  # an instance's own get_terminator (overridable)
     _ac_coalesce: bool
     _pc_connected: bool
     _pc_fifo: Any
