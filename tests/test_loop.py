@@ -204,6 +204,43 @@ def test_direct_map_mutation_is_noticed(loop):
     b.close()
 
 
+def assert_dispatch_tables_match_the_backend(lp):
+    interest = lp._interest
+    live = {fd: reg for fd, reg in interest.keys.items() if reg.data is not None}
+    assert interest.channels == {fd: reg.data for fd, reg in live.items()}
+    assert interest.object_keys == {fd: reg.fileobj for fd, reg in live.items()
+                                    if type(reg.fileobj) is not int}
+
+
+def test_dispatch_tables_follow_every_registration_change(loop):
+    """The pass finds an event's channel in Interest.channels (and a non-int
+    map key in Interest.object_keys), not in the backend's keys: both must
+    agree with the backend after every change."""
+    pairs = [socket.socketpair() for _ in range(3)]
+    channels = [asyncore.dispatcher(a, map=loop.map) for a, _ in pairs]
+    loop.run_once(0)
+    assert len(loop._interest.channels) == 3
+    assert_dispatch_tables_match_the_backend(loop)
+    c, d = socket.socketpair()
+    keyed = asyncore.dispatcher(c, map={})
+    loop.map[c] = keyed  # keyed by the socket object, as IRC bots do
+    loop.run_once(0)
+    assert loop._interest.object_keys == {c.fileno(): c}
+    assert_dispatch_tables_match_the_backend(loop)
+    channels[0].close()  # unregistered at once, before the socket closes
+    assert_dispatch_tables_match_the_backend(loop)
+    del loop.map[c]  # behind the loop's back
+    loop.run_once(0)
+    assert_dispatch_tables_match_the_backend(loop)
+    assert loop._interest.object_keys == {}
+    loop.map.clear()
+    loop.run_once(0)
+    assert loop._interest.channels == {}
+    assert_dispatch_tables_match_the_backend(loop)
+    for sock in (c, d, *(s for pair in pairs for s in pair)):
+        sock.close()
+
+
 @pytest.mark.parametrize("how", ["close", "raw"])
 def test_fd_reused_in_the_same_pass_gets_no_stale_events(loop, how):
     """bpo-30931: the first channel dispatched removes the other one, and a

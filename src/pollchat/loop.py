@@ -349,23 +349,21 @@ class Loop(ChannelCalls, Scheduling, HostedRuns):
         they happen, and channels with predicates of their own are re-synced
         every pass anyway.
         """
-        keys = self._interest.keys
+        channel_of = self._interest.channels.get
+        object_keys = self._interest.object_keys
         map = self.map
         map_get: Callable[[Any], Any] = map.get
         watches = self._idle.watches
         handler_failed = self._errors.handler_failed
         for fd, mask in events:
-            try:
-                reg = keys[fd]
-            except KeyError:
-                continue  # unregistered earlier in this pass (closed)
-            # A SelectorKey is (fileobj, fd, events, data): indexing it is
-            # cheaper than its named attributes, on the path of every event.
-            channel: Any = reg[3]
+            channel: Any = channel_of(fd)
             if channel is None:
-                self._waker.drain()
+                # The waker, or a channel unregistered earlier in this pass
+                # (closed): nothing to dispatch.
+                if fd == self._waker.fileno():
+                    self._waker.drain()
                 continue
-            key = reg[0]
+            key = object_keys.get(fd, fd) if object_keys else fd
             if map_get(key) is not channel:
                 self._dirty.add(key)  # the map changed under us: re-sync, don't dispatch
                 continue
