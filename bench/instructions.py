@@ -70,7 +70,7 @@ def count(workload: Workload, point_key: Optional[str], impl: str, *, seconds: f
     """Run one measurement; returns ops, instructions and their ratio."""
     points = {point.key: point for point in workload.full}
     point = points[point_key] if point_key else workload.full[-1]
-    script = out.with_suffix(".script")
+    script = out.parent / f"{workload.key}.script"
     if workload.script is None:
         raise ValueError(f"{workload.key} has no client script")
     workload.script(point.params).write(script)
@@ -116,7 +116,6 @@ def count(workload: Workload, point_key: Optional[str], impl: str, *, seconds: f
         server.kill()
         server.wait()
     dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda p: p.stat().st_mtime)
-    dumps = [dump for dump in dumps if dump.suffix != ".script"]
     if not dumps or not result:
         raise RuntimeError("no callgrind dump or no result")
     totals = read_totals(dumps[-1].read_text(errors="replace"))

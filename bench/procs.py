@@ -90,32 +90,27 @@ def process_cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-def tree_cpu_split(process: psutil.Process) -> Tuple[float, float]:
-    """(user, system) seconds of ``process`` and its live descendants, from
-    the tick counters.  Raises psutil.Error if ``process`` is gone."""
+def _own_cpu(process: psutil.Process) -> Tuple[float, float, float]:
     times = process.cpu_times()
-    user, system = times.user, times.system
+    return process_cpu_seconds(process), times.user, times.system
+
+
+def tree_cpu(process: psutil.Process) -> Tuple[float, float, float]:
+    """CPU of ``process`` and its live descendants (a server that forks
+    workers is measured whole), in one walk of the tree: exact seconds
+    (where the kernel allows), and the user and system seconds of the tick
+    counters.  Raises psutil.Error if ``process`` is gone; a descendant that
+    exits meanwhile is skipped."""
+    exact, user, system = _own_cpu(process)
     for child in process.children(recursive=True):
         try:
-            times = child.cpu_times()
+            child_exact, child_user, child_system = _own_cpu(child)
         except psutil.Error:
             continue
-        user += times.user
-        system += times.system
-    return user, system
-
-
-def tree_cpu_seconds(process: psutil.Process) -> float:
-    """CPU seconds of ``process`` and its live descendants (a server that
-    forks workers is measured whole).  Raises psutil.Error if ``process``
-    is gone; a descendant that exits meanwhile is skipped."""
-    total = process_cpu_seconds(process)
-    for child in process.children(recursive=True):
-        try:
-            total += process_cpu_seconds(child)
-        except psutil.Error:
-            pass
-    return total
+        exact += child_exact
+        user += child_user
+        system += child_system
+    return exact, user, system
 
 
 def pin(pid: int, cpu: Optional[int]) -> None:
@@ -250,8 +245,7 @@ class Server:
         if self.ps is None:
             return None
         try:
-            cpu = tree_cpu_seconds(self.ps)
-            user, system = tree_cpu_split(self.ps)
+            cpu, user, system = tree_cpu(self.ps)
             rss = self.ps.memory_info().rss
         except psutil.Error:
             return None
